@@ -1,0 +1,128 @@
+"""The `cnntool` command line: a Typer app, one module per command group.
+
+Commands are thin: they parse options and call library functions. Every error a user can
+cause is one line on stderr and a non-zero exit code (1 for a bad input, 2 for a bad
+option); `--debug` anywhere on the line shows the traceback instead. Nothing heavy is
+imported until a command runs, so `cnntool --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from cnntool import __version__
+from cnntool.errors import CnntoolError
+
+_debug = False
+
+
+class CnntoolGroup(TyperGroup):
+    """Accepts `--debug` anywhere on the line, not only before the command."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        global _debug
+        _debug = "--debug" in args
+        return super().parse_args(ctx, [arg for arg in args if arg != "--debug"])
+
+
+def user_errors(command: Callable) -> Callable:
+    """Run a command so that errors are one line on stderr and an exit code, with the
+    traceback only under --debug: 1 for a user error, 3 for a bug, 130 for Ctrl-C."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = show_warning
+            try:
+                return command(*args, **kwargs)
+            except typer.Exit:
+                raise
+            except KeyboardInterrupt:
+                typer.echo("interrupted", err=True)
+                raise typer.Exit(130) from None
+            except CnntoolError as exc:
+                if _debug:
+                    raise
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
+            except Exception as exc:
+                if _debug:
+                    raise
+                typer.echo(
+                    f"error: internal error ({type(exc).__name__}: {exc}); "
+                    "rerun with --debug for the traceback and please report it",
+                    err=True,
+                )
+                raise typer.Exit(3) from None
+
+    return run
+
+
+def show_warning(
+    message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    typer.echo(f"warning: {message}", err=True)
+
+
+app = typer.Typer(
+    cls=CnntoolGroup,
+    name="cnntool",
+    help="Train, inspect, run and serve convolutional networks declared as JSON specs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"cnntool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of errors (also accepted after a command).")
+    ] = False,
+) -> None:
+    """cnntool: convolutional networks from JSON specs to bundle files."""
+
+
+def register() -> None:
+    from cnntool.cli import evaluate, infer, inspect, layers, train
+
+    app.command("train")(user_errors(train.train))
+    app.command("inspect")(user_errors(inspect.inspect))
+    app.command("infer")(user_errors(infer.infer))
+    app.command("eval")(user_errors(evaluate.evaluate))
+    app.command("layers")(user_errors(layers.layers))
+    app.command("schema")(user_errors(layers.schema))
+
+
+register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="cnntool")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""`cnntool inspect`: what a spec or bundle holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cnntool.cli.output import print_json
+
+
+def inspect(
+    file: Annotated[Path, typer.Argument(help="A bundle (.cnnb) or a spec (.json).", show_default=False)],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Show layers, output shapes, parameters, FLOPs, providers and training history."""
+    from cnntool.summary import describe_file
+
+    info = describe_file(file)
+    if json_output:
+        print_json(info)
+    else:
+        render(info)
+
+
+def render(info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnntool.summary import sparkline
+
+    console = Console(highlight=False)
+    title = f"{info['kind']} {info['name']!r}  input {tuple(info['input_shape'] or ())}"
+    table = Table(title=title, title_justify="left")
+    for column, justify in (
+        ("#", "right"),
+        ("name", "left"),
+        ("type", "left"),
+        ("output shape", "left"),
+        ("params", "right"),
+        ("FLOPs", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in info["layers"]:
+        shape = "?" if row["output_shape"] is None else str(tuple(row["output_shape"]))
+        flops = "?" if row["flops"] is None else f"{row['flops']:,}"
+        table.add_row(str(row["index"]), row["name"], row["type"], shape, f"{row['params']:,}", flops)
+    total_flops = "?" if info["total_flops"] is None else f"{info['total_flops']:,}"
+    table.add_row("", "total", "", "", f"{info['total_params']:,}", total_flops, end_section=True)
+    console.print(table)
+    if info.get("classes"):
+        console.print(
+            f"classes: {', '.join(info['classes'][:20])}{' ...' if len(info['classes']) > 20 else ''}"
+        )
+    console.print("providers: " + ", ".join(f"{k} ({v})" for k, v in sorted(info["providers"].items())))
+    for problem in info.get("problems", []):
+        console.print(f"cannot run here: {problem}")
+    if info["kind"] != "bundle":
+        return
+    meta = info["meta"]
+    console.print(
+        f"digest: {info['digest']}  ({info['file_bytes']:,} bytes, format {info['format_version']})"
+    )
+    console.print(f"created {meta.get('created_at', '?')} with cnntool {meta.get('cnntool_version', '?')}")
+    dataset = meta.get("dataset")
+    if isinstance(dataset, dict):
+        sizes = f"{dataset.get('train_size', '?')} train, {dataset.get('test_size', '?')} test"
+        console.print(f"dataset: {dataset.get('name', '?')} ({sizes})")
+    history = info.get("history") or []
+    if history:
+        table = Table(
+            title=f"history  loss {sparkline([r.get('loss') for r in history])}", title_justify="left"
+        )
+        for column in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"):
+            table.add_column(column, justify="right")
+        for record in history:
+            table.add_row(
+                *(
+                    fmt(record.get(c))
+                    for c in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+                )
+            )
+        console.print(table)
+    test = meta.get("test")
+    if isinstance(test, dict):
+        console.print(f"test: loss {fmt(test.get('loss'))}  accuracy {fmt(test.get('accuracy'))}")
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

@@ -1,0 +1,182 @@
+"""Inputs for inference: image files (PNG, JPEG, anything Pillow opens) and .npy arrays.
+
+An image is turned into what the model takes, `(C, H, W)` uint8. One of the model's size is
+used pixel for pixel. A grayscale model given an image of another size gets it the way MNIST
+digits were made: light ink on a dark background (inverted if the background is light),
+cropped to the ink, scaled so its longer side fills 20/28 of the frame, and placed so its
+centre of mass sits at the centre. Colour models get a plain resize.
+
+Every failure is an `InputError` that names the file: missing, unreadable, corrupt,
+truncated, too large to decode safely (Pillow's decompression-bomb limit), or of the wrong
+shape.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from cnntool.data.npz import read_npy
+from cnntool.errors import InputError
+
+NPY_MAGIC = b"\x93NUMPY"
+# MNIST fits each digit in a 20x20 box inside its 28x28 frame.
+DIGIT_BOX_FRACTION = 20 / 28
+# Below this contrast between ink and background the image counts as blank.
+MIN_CONTRAST = 32
+# After stretching the contrast to 0-255, ink is what is brighter than this.
+INK_THRESHOLD = 64
+
+
+def load_input_file(path: str | os.PathLike, input_shape: tuple[int, int, int]) -> np.ndarray:
+    """A batch `(N, C, H, W)` from an image (N = 1) or a .npy array; uint8 or float32."""
+    path = Path(path)
+    with _open(path) as file:
+        is_npy = file.read(len(NPY_MAGIC)) == NPY_MAGIC
+    if is_npy or path.suffix.lower() == ".npy":
+        return _load_npy(path, input_shape)
+    return load_image(path, input_shape)[np.newaxis]
+
+
+def load_image(path: str | os.PathLike, input_shape: tuple[int, int, int]) -> np.ndarray:
+    """The image at `path` as model input pixels, `(C, H, W)` uint8, for C of 1 or 3."""
+    path = Path(path)
+    channels, height, width = input_shape
+    if channels not in (1, 3):
+        raise InputError(
+            f"{path}: the model takes {channels} channels, which no image file provides; "
+            f"pass a .npy array of shape {tuple(input_shape)}"
+        )
+    image = _decode(path, "L" if channels == 1 else "RGB")
+    if image.size == (width, height):
+        pixels = np.asarray(image)
+    elif channels == 1:
+        pixels = _mnist_style(np.asarray(image), height, width)
+    else:
+        pixels = np.asarray(image.resize((width, height), Image.Resampling.LANCZOS))
+    if channels == 1:
+        return np.ascontiguousarray(pixels[np.newaxis])
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def _open(path: Path):
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder; expected an image or a .npy file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def _decode(path: Path, mode: str) -> Image.Image:
+    """Decode fully and convert to `mode` ("L" or "RGB"), flattening alpha onto white."""
+    with _open(path) as file:
+        try:
+            with Image.open(file) as image:
+                pixels = image.width * image.height
+                if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+                    raise Image.DecompressionBombError(
+                        f"{pixels} pixels exceeds the limit of {Image.MAX_IMAGE_PIXELS}"
+                    )
+                image.load()
+                return _convert(ImageOps.exif_transpose(image), mode)
+        except Image.DecompressionBombError as exc:
+            raise InputError(f"{path}: image too large to decode safely ({exc})") from None
+        except Image.UnidentifiedImageError:
+            raise InputError(
+                f"{path}: not an image Pillow can read (PNG, JPEG, ...) nor a .npy array"
+            ) from None
+        # Pillow's format decoders fail on corrupt data with many exception types
+        # (OSError for truncation, SyntaxError, ValueError, struct.error, ...).
+        except Exception as exc:
+            raise InputError(f"{path}: corrupt or truncated image ({exc})") from exc
+
+
+def _convert(image: Image.Image, mode: str) -> Image.Image:
+    if "A" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    elif image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        # Pillow clips 16-bit and float values when converting to 8 bits; scale instead.
+        values = np.asarray(image, dtype=np.float64)
+        if values.max(initial=0) > 255:
+            values = values / 257
+        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    return image.convert(mode)
+
+
+def _mnist_style(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Light-on-dark, cropped to the ink, scaled into the digit box, centred by mass."""
+    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    if np.median(border) > 127:
+        pixels = 255 - pixels
+        border = 255 - border
+    background, peak = float(np.median(border)), float(pixels.max())
+    if peak - background < MIN_CONTRAST:
+        return np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.LANCZOS))
+    stretched = np.clip((pixels - background) * (255 / (peak - background)), 0, 255)
+    stretched = stretched.astype(np.uint8)
+    ink = stretched > INK_THRESHOLD
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    crop = stretched[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+    box = max(1, round(DIGIT_BOX_FRACTION * min(height, width)))
+    scale = box / max(crop.shape)
+    digit_height = max(1, round(crop.shape[0] * scale))
+    digit_width = max(1, round(crop.shape[1] * scale))
+    digit = Image.fromarray(crop).resize((digit_width, digit_height), Image.Resampling.LANCZOS)
+    digit = np.asarray(digit)
+
+    # Place the digit so its centre of mass lands on the frame's centre, (size - 1) / 2,
+    # without pushing any of it out of the frame.
+    mass = digit.astype(np.float64)
+    total = mass.sum()
+    centre_row = (mass.sum(axis=1) @ np.arange(digit_height)) / total
+    centre_col = (mass.sum(axis=0) @ np.arange(digit_width)) / total
+    top = min(max(round((height - 1) / 2 - centre_row), 0), height - digit_height)
+    left = min(max(round((width - 1) / 2 - centre_col), 0), width - digit_width)
+    canvas = np.zeros((height, width), dtype=np.uint8)
+    canvas[top : top + digit_height, left : left + digit_width] = digit
+    return canvas
+
+
+def _load_npy(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
+    """A batch from a .npy of shape (C, H, W), (N, C, H, W), or for C = 1 (H, W), (N, H, W)."""
+    with _open(path) as file:
+        try:
+            array = read_npy(file, os.fstat(file.fileno()).st_size)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"{path}: not a valid .npy array: {exc}") from exc
+    channels, height, width = input_shape
+    if array.shape == (channels, height, width) or (channels == 1 and array.shape == (height, width)):
+        batch = array.reshape(1, channels, height, width)
+    elif array.ndim == 4 and array.shape[1:] == (channels, height, width):
+        batch = array
+    elif channels == 1 and array.ndim == 3 and array.shape[1:] == (height, width):
+        batch = array[:, np.newaxis]
+    else:
+        accepted = [f"{(channels, height, width)}", f"(N, {channels}, {height}, {width})"]
+        if channels == 1:
+            accepted += [f"{(height, width)}", f"(N, {height}, {width})"]
+        raise InputError(f"{path}: array has shape {array.shape}; expected {' or '.join(accepted)}")
+    if len(batch) == 0:
+        raise InputError(f"{path}: array holds no inputs (shape {array.shape})")
+    if batch.dtype == np.uint8:
+        return np.ascontiguousarray(batch)
+    if batch.dtype.kind in "iu":
+        low, high = int(batch.min()), int(batch.max())
+        if low < 0 or high > 255:
+            raise InputError(f"{path}: integer pixels must lie in 0-255; found values {low} to {high}")
+        return np.ascontiguousarray(batch, dtype=np.uint8)
+    if batch.dtype.kind == "f":
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+            batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if not np.isfinite(batch).all():
+            raise InputError(f"{path}: array contains NaN or infinite values")
+        return batch
+    raise InputError(f"{path}: array has dtype {batch.dtype}; expected uint8, integers or floats")

@@ -1,0 +1,29 @@
+"""The errors a user can cause. Callers catch `CnntoolError`; each subclass names a part.
+
+Messages follow one shape: what is wrong, where (file, layer, key or plugin), what was
+expected and what was found, and when there is one, the fix.
+"""
+
+
+class CnntoolError(Exception):
+    """Base class of every error a user can cause (bad spec, bundle, data, input, plugin)."""
+
+
+class SpecError(CnntoolError):
+    """A network spec is malformed, invalid, or its shapes do not fit together."""
+
+
+class BundleError(CnntoolError):
+    """A bundle file is unreadable, malformed, corrupt, or does not match its spec."""
+
+
+class PluginError(CnntoolError):
+    """A layer type is unknown, claimed twice, or its plugin failed to load."""
+
+
+class DataError(CnntoolError):
+    """A dataset is missing, unreadable, or malformed."""
+
+
+class InputError(CnntoolError):
+    """An input for inference (image, array, request) is unreadable or has the wrong shape."""

@@ -1,0 +1,30 @@
+"""Loss functions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnntool.errors import InputError
+
+
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean softmax cross-entropy of `logits` (N, K) against integer `labels` (N,).
+
+    Returns the loss and its gradient with respect to the logits, (softmax - onehot) / N,
+    computed with log-sum-exp so that no logit overflows.
+    """
+    from cnntool.kernels.loss import softmax_cross_entropy as kernel
+
+    logits = np.ascontiguousarray(logits, np.float32)
+    labels = np.asarray(labels)
+    if logits.ndim != 2 or labels.shape != (logits.shape[0],):
+        raise InputError(
+            f"expected logits (N, K) and labels (N,), received {logits.shape} and {labels.shape}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+        raise InputError(
+            f"labels must lie in [0, {logits.shape[1]}), received {labels.min()}..{labels.max()}"
+        )
+    grad = np.empty_like(logits)
+    loss, _ = kernel(logits, np.ascontiguousarray(labels, np.int64), grad)
+    return float(loss), grad

@@ -1,0 +1,213 @@
+"""Network specs: pydantic models validated against the registry, and shape inference.
+
+A spec is JSON (a dict, JSON text or a file). Validation runs before anything else:
+unknown layer types, bad values and shapes that do not fit together are `SpecError`s that
+name the layer by index and name and say what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cnntool.errors import CnntoolError, SpecError
+
+if TYPE_CHECKING:
+    from cnntool.layers.base import Layer
+    from cnntool.registry import Registry
+
+MAX_INPUT_ELEMENTS = 1 << 26
+MAX_SPEC_BYTES = 16 << 20
+
+Dim = Annotated[int, Field(ge=1, le=1 << 16)]
+
+
+class TrainingConfig(BaseModel):
+    """Training options that a spec may carry; command-line options override them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str | None = Field(default=None, description="Dataset name or path.")
+    epochs: Annotated[int, Field(ge=1, le=100_000)] = 5
+    batch_size: Annotated[int, Field(ge=1, le=1 << 16)] = 32
+    lr: Annotated[float, Field(gt=0, le=10)] | None = Field(
+        default=None, description="Learning rate; defaults to 0.01 for sgd, 0.001 for adam/adamw."
+    )
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False
+    weight_decay: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None, description="Weight decay; defaults to 0, or 0.01 for adamw."
+    )
+    seed: Annotated[int, Field(ge=0, lt=1 << 63)] = 0
+    val_split: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+
+class SpecBase(BaseModel):
+    """Everything in a spec but the layers; the registry adds `layers` as a tagged union."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="network", min_length=1, max_length=128)
+    input_shape: tuple[Dim, Dim, Dim] = Field(description="(channels, height, width)")
+    classes: list[Annotated[str, Field(max_length=256)]] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=100_000,
+        description="Class names, one per output of the last layer; taken from the dataset when absent.",
+    )
+    training: TrainingConfig | None = None
+
+    @model_validator(mode="after")
+    def _input_not_huge(self) -> SpecBase:
+        if math.prod(self.input_shape) > MAX_INPUT_ELEMENTS:
+            raise ValueError(f"input_shape {self.input_shape} has more than {MAX_INPUT_ELEMENTS} elements")
+        return self
+
+
+def read_spec_data(source: Any) -> dict:
+    """A spec as plain data from a dict, JSON text, or a path to a JSON file."""
+    if isinstance(source, BaseModel):
+        return source.model_dump(mode="json", exclude_none=True)
+    if isinstance(source, dict):
+        return source
+    if isinstance(source, str) and source.lstrip()[:1] in ("{", "["):
+        return parse_json(source, "spec")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            if path.stat().st_size > MAX_SPEC_BYTES:
+                raise SpecError(f"{path}: spec file is larger than {MAX_SPEC_BYTES >> 20} MiB")
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SpecError(f"{path}: spec file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError(f"{path}: cannot read spec file: {exc}") from None
+        return parse_json(text, str(path))
+    raise SpecError(f"a spec must be a dict, JSON text or a path, received {type(source).__name__}")
+
+
+def parse_json(text: str, where: str) -> dict:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise SpecError(f"{where}: JSON is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: a spec must be a JSON object, received {type(data).__name__}")
+    return data
+
+
+def validate_spec(source: Any, registry: Registry | None = None) -> BaseModel:
+    """Validate a spec's fields and shapes; return the spec with every layer name filled in."""
+    from cnntool.registry import get_registry
+
+    registry = registry or get_registry()
+    data = read_spec_data(source)
+    model = registry.spec_model()
+    try:
+        spec = model.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError("invalid spec: " + format_errors(exc, data)) from None
+    layers = plan_layers(spec, registry)
+    named = [
+        config.model_copy(update={"name": layer.name})
+        for config, layer in zip(spec.layers, layers, strict=True)
+    ]
+    return spec.model_copy(update={"layers": named})
+
+
+def plan_layers(spec: Any, registry: Registry | None = None) -> list[Layer]:
+    """Make the layers of a validated spec, name them, and infer every shape (no allocation)."""
+    from cnntool.layers.base import ShapeError
+    from cnntool.registry import get_registry
+
+    registry = registry or get_registry()
+    layers = []
+    counts: dict[str, int] = {}
+    taken = {config.name for config in spec.layers if config.name}
+    shape: tuple[int, ...] = tuple(spec.input_shape)
+    for index, config in enumerate(spec.layers):
+        try:
+            layer = registry.get(config.type)(config)
+        except CnntoolError:
+            raise
+        except Exception as exc:
+            raise SpecError(
+                f"layer {index} ({config.type}): cannot create it: {type(exc).__name__}: {exc}"
+            ) from None
+        if config.name is None:
+            counts[config.type] = counts.get(config.type, 0) + 1
+            name = f"{config.type}_{counts[config.type]}"
+            while name in taken:
+                counts[config.type] += 1
+                name = f"{config.type}_{counts[config.type]}"
+            layer.name = name
+        elif any(other.name == config.name for other in layers):
+            raise SpecError(
+                f"layer {index} ({config.type}): name {config.name!r} is used by an earlier layer"
+            )
+        taken.add(layer.name)
+        try:
+            out_shape = tuple(layer.compute_output_shape(shape))
+        except ShapeError as exc:
+            raise SpecError(f"layer {index} {layer.name!r} ({config.type}): {exc}") from None
+        if any(d < 1 for d in out_shape):
+            raise SpecError(
+                f"layer {index} {layer.name!r} ({config.type}): input shape {shape} gives an empty "
+                f"output {out_shape}"
+            )
+        layer.input_shape, layer.output_shape = shape, out_shape
+        layers.append(layer)
+        shape = out_shape
+    if len(shape) != 1:
+        raise SpecError(
+            f"the last layer {layers[-1].name!r} outputs shape {shape}; a classifier ends with flat "
+            'logits (classes,): add {"type": "flatten"} and {"type": "dense", "units": <classes>}'
+        )
+    if spec.classes is not None and len(spec.classes) != shape[0]:
+        raise SpecError(
+            f"the last layer {layers[-1].name!r} outputs {shape[0]} values but the spec names "
+            f"{len(spec.classes)} classes; expected one output per class"
+        )
+    return layers
+
+
+def format_errors(exc: ValidationError, data: Any) -> str:
+    """One message per offending field, naming the layer by index, type and name."""
+    raw_layers = data.get("layers") if isinstance(data, dict) else None
+    messages: dict[str, str] = {}
+    for error in exc.errors():
+        loc = error["loc"]
+        if len(loc) >= 2 and loc[0] == "layers" and isinstance(loc[1], int):
+            index = loc[1]
+            raw = raw_layers[index] if isinstance(raw_layers, list) and index < len(raw_layers) else {}
+            raw = raw if isinstance(raw, dict) else {}
+            label = f"layer {index}"
+            if isinstance(raw.get("type"), str):
+                label += f" ({raw['type']}"
+                label += f" {raw['name']!r})" if isinstance(raw.get("name"), str) else ")"
+            field = ".".join(str(part) for part in loc[3:4])
+            where = f"{label} {field}".strip() if field else label
+        else:
+            where = ".".join(str(part) for part in loc) or "spec"
+        if where in messages:
+            continue
+        text = error["msg"]
+        if error["type"] == "union_tag_invalid":
+            text += " (run `cnntool layers` to list the installed types)"
+        if error["type"] not in ("missing", "union_tag_invalid", "union_tag_not_found"):
+            text += f", received {short_repr(error.get('input'))}"
+        messages[where] = f"{where}: {text}"
+    return "; ".join(messages.values())
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,148 @@
+"""Every built-in layer's forward and backward against the float64 numpy reference."""
+
+import numpy as np
+import pytest
+
+import reference
+from cnntool.testing import make_layer
+
+F32 = {"rtol": 1e-4, "atol": 1e-4}
+
+
+CONV_CASES = [
+    # (channels, filters, kernel, stride, padding, use_bias, height, width)
+    (1, 4, 3, 1, 0, True, 7, 9),
+    (3, 5, 3, 2, 1, True, 9, 8),
+    (2, 3, (2, 3), (2, 1), (1, 2), False, 7, 7),
+    (3, 2, 3, 1, "same", True, 6, 5),
+    (2, 4, 4, 2, "same", True, 7, 9),
+    (4, 6, 1, 1, "valid", True, 5, 5),
+    (3, 3, 5, 3, 2, True, 11, 10),
+]
+
+
+def conv_pads(layer):
+    return layer.padding(layer.input_shape)
+
+
+@pytest.mark.parametrize("channels,filters,kernel,stride,padding,use_bias,height,width", CONV_CASES)
+def test_conv2d_matches_reference(rng, channels, filters, kernel, stride, padding, use_bias, height, width):
+    config = {
+        "type": "conv2d",
+        "filters": filters,
+        "kernel_size": kernel,
+        "stride": stride,
+        "padding": padding,
+        "use_bias": use_bias,
+    }
+    layer = make_layer(config, (channels, height, width))
+    if use_bias:
+        layer.params["bias"][:] = rng.standard_normal(filters)
+    x = rng.standard_normal((3, channels, height, width)).astype(np.float32)
+    out = layer.forward(x)
+    st = (stride, stride) if isinstance(stride, int) else stride
+    pads = conv_pads(layer)
+    expected = reference.conv2d(x, layer.params["weight"], layer.params.get("bias"), st, pads)
+    assert out.shape == expected.shape == (3, *layer.output_shape)
+    np.testing.assert_allclose(out, expected, **F32)
+
+    grad_out = rng.standard_normal(out.shape).astype(np.float32)
+    grad_x = layer.backward(grad_out)
+    dx, dw, db = reference.conv2d_backward(x, layer.params["weight"], grad_out, st, pads)
+    np.testing.assert_allclose(grad_x, dx, **F32)
+    np.testing.assert_allclose(layer.grads["weight"], dw, rtol=1e-4, atol=3e-4)
+    if use_bias:
+        np.testing.assert_allclose(layer.grads["bias"], db, rtol=1e-4, atol=3e-4)
+    else:
+        assert "bias" not in layer.params
+
+
+def test_conv2d_same_padding_keeps_size_at_stride_one():
+    layer = make_layer({"type": "conv2d", "filters": 2, "kernel_size": 4, "padding": "same"}, (1, 6, 7))
+    assert layer.output_shape == (2, 6, 7)
+    # Even kernel: the extra row and column of zeros go bottom and right, as in TF and PyTorch.
+    assert layer.padding(layer.input_shape) == (1, 1, 2, 2)
+
+
+def test_conv2d_reuses_buffers_and_handles_batch_size_change(rng):
+    layer = make_layer({"type": "conv2d", "filters": 2, "kernel_size": 3}, (1, 5, 5))
+    x4 = rng.standard_normal((4, 1, 5, 5)).astype(np.float32)
+    first = layer.forward(x4)
+    again = layer.forward(x4)
+    assert first is again
+    x1 = x4[:1].copy()
+    np.testing.assert_allclose(layer.forward(x1), layer.forward(x4)[:1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("in_features,units,use_bias", [(7, 3, True), (20, 1, False), (1, 5, True)])
+def test_dense_matches_reference(rng, in_features, units, use_bias):
+    layer = make_layer({"type": "dense", "units": units, "use_bias": use_bias}, (in_features,))
+    if use_bias:
+        layer.params["bias"][:] = rng.standard_normal(units)
+    x = rng.standard_normal((4, in_features)).astype(np.float32)
+    w = layer.params["weight"].astype(np.float64)
+    expected = x @ w.T + (layer.params["bias"] if use_bias else 0)
+    np.testing.assert_allclose(layer.forward(x), expected, **F32)
+    g = rng.standard_normal((4, units)).astype(np.float32)
+    np.testing.assert_allclose(layer.backward(g), g @ w, **F32)
+    np.testing.assert_allclose(layer.grads["weight"], g.T.astype(np.float64) @ x, **F32)
+    if use_bias:
+        np.testing.assert_allclose(layer.grads["bias"], g.sum(axis=0), **F32)
+
+
+@pytest.mark.parametrize("pool,stride", [(2, None), (3, 2), ((2, 3), (1, 2)), (2, 1)])
+def test_maxpool2d_matches_reference(rng, pool, stride):
+    config = {"type": "maxpool2d", "pool_size": pool}
+    if stride is not None:
+        config["stride"] = stride
+    layer = make_layer(config, (3, 7, 8))
+    x = rng.standard_normal((2, 3, 7, 8)).astype(np.float32)
+    pp = (pool, pool) if isinstance(pool, int) else pool
+    st = pp if stride is None else ((stride, stride) if isinstance(stride, int) else stride)
+    expected, winners = reference.maxpool2d(x, pp, st)
+    np.testing.assert_array_equal(layer.forward(x), expected.astype(np.float32))
+    g = rng.standard_normal(expected.shape).astype(np.float32)
+    np.testing.assert_allclose(layer.backward(g), reference.maxpool2d_backward(x.shape, winners, g), **F32)
+
+
+def test_maxpool2d_ties_route_gradient_to_first_maximum():
+    layer = make_layer({"type": "maxpool2d", "pool_size": 2}, (1, 2, 2))
+    x = np.ones((1, 1, 2, 2), np.float32)
+    layer.forward(x)
+    grad = layer.backward(np.full((1, 1, 1, 1), 5.0, np.float32))
+    np.testing.assert_array_equal(grad[0, 0], [[5.0, 0.0], [0.0, 0.0]])
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 4, 5), (6, 11)])
+def test_relu_matches_reference(rng, shape):
+    layer = make_layer({"type": "relu"}, shape[1:])
+    x = rng.standard_normal(shape).astype(np.float32)
+    np.testing.assert_array_equal(layer.forward(x), np.maximum(x, 0))
+    g = rng.standard_normal(shape).astype(np.float32)
+    np.testing.assert_array_equal(layer.backward(g), np.where(x > 0, g, 0))
+
+
+def test_flatten_is_c_order_view(rng):
+    layer = make_layer({"type": "flatten"}, (2, 3, 4))
+    x = rng.standard_normal((5, 2, 3, 4)).astype(np.float32)
+    out = layer.forward(x)
+    assert out.shape == (5, 24)
+    np.testing.assert_array_equal(out, x.reshape(5, -1))
+    assert np.shares_memory(out, x)
+    np.testing.assert_array_equal(layer.backward(out), x)
+
+
+def test_softmax_matches_reference(rng):
+    layer = make_layer({"type": "softmax"}, (6,))
+    x = (rng.standard_normal((4, 6)) * 5).astype(np.float32)
+    y = reference.softmax(x)
+    np.testing.assert_allclose(layer.forward(x), y, rtol=1e-5, atol=1e-6)
+    g = rng.standard_normal((4, 6))
+    expected = y * (g - (g * y).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(layer.backward(g.astype(np.float32)), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_softmax_is_stable_for_huge_logits():
+    layer = make_layer({"type": "softmax"}, (3,))
+    out = layer.forward(np.array([[1000.0, 0.0, -1000.0], [-1e30, -1e30, -1e30]], np.float32))
+    np.testing.assert_allclose(out, [[1, 0, 0], [1 / 3, 1 / 3, 1 / 3]], atol=1e-6)
