@@ -1,0 +1,5 @@
+"""`python -m cnntool` runs the command line."""
+
+from cnntool.cli import main
+
+main()
