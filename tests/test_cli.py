@@ -23,7 +23,10 @@ def invoke(*args):
 
 def run(*args, env=None):
     return subprocess.run(
-        [CNNTOOL, *map(str, args)], capture_output=True, text=True, timeout=300,
+        [CNNTOOL, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, **(env or {})},
     )
 
@@ -32,8 +35,19 @@ def run(*args, env=None):
 def trained(tmp_path_factory, root):
     """The seed network trained 3 epochs on the bundled sample by the installed command."""
     out = tmp_path_factory.mktemp("train") / "seed.cnnb"
-    result = run("train", root / "models/seed_cnn.json", "--data", "mnist-sample", "--epochs", "3",
-                 "--seed", "1", "--out", out, "--json")
+    result = run(
+        "train",
+        root / "models/seed_cnn.json",
+        "--data",
+        "mnist-sample",
+        "--epochs",
+        "3",
+        "--seed",
+        "1",
+        "--out",
+        out,
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     return out, json.loads(result.stdout), result
 
@@ -68,14 +82,36 @@ def test_bundle_records_history_preprocessing_and_dataset(trained):
 
 
 def test_same_seed_gives_same_weights(trained, tmp_path, root):
-    path, report, _ = trained
+    report = trained[1]
     again = tmp_path / "again.cnnb"
-    result = invoke("train", root / "models/seed_cnn.json", "--data", "mnist-sample", "--epochs", "3",
-                    "--seed", "1", "--out", again, "--json")
+    result = invoke(
+        "train",
+        root / "models/seed_cnn.json",
+        "--data",
+        "mnist-sample",
+        "--epochs",
+        "3",
+        "--seed",
+        "1",
+        "--out",
+        again,
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["digest"] == report["digest"]
-    other = invoke("train", root / "models/seed_cnn.json", "--data", "mnist-sample", "--epochs", "1",
-                   "--seed", "2", "--out", tmp_path / "other.cnnb", "--json")
+    other = invoke(
+        "train",
+        root / "models/seed_cnn.json",
+        "--data",
+        "mnist-sample",
+        "--epochs",
+        "1",
+        "--seed",
+        "2",
+        "--out",
+        tmp_path / "other.cnnb",
+        "--json",
+    )
     assert json.loads(other.stdout)["digest"] != report["digest"]
 
 
@@ -106,12 +142,21 @@ def test_infer_images_and_arrays(trained, root, tmp_path):
     sample = cnntool.load_dataset("mnist-sample")
     np.save(tmp_path / "batch.npy", sample.x_test[[2, 7, 9]])
     np.save(tmp_path / "one.npy", sample.x_test[3, 0].astype(np.float32) / 255)
-    result = run("infer", path, digits / "digit_2.png", digits / "photo_7.png", tmp_path / "batch.npy",
-                 tmp_path / "one.npy", "--json")
+    result = run(
+        "infer",
+        path,
+        digits / "digit_2.png",
+        digits / "photo_7.png",
+        tmp_path / "batch.npy",
+        tmp_path / "one.npy",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     records = json.loads(result.stdout)
     assert [r["input"] for r in records] == [
-        str(digits / "digit_2.png"), str(digits / "photo_7.png"), *[str(tmp_path / "batch.npy")] * 3,
+        str(digits / "digit_2.png"),
+        str(digits / "photo_7.png"),
+        *[str(tmp_path / "batch.npy")] * 3,
         str(tmp_path / "one.npy"),
     ]
     assert [r["label"] for r in records] == ["2", "7", "2", "7", "9", "3"]
@@ -133,7 +178,11 @@ def test_eval_reports_confusion_matrix(trained):
     data = json.loads(result.stdout)
     matrix = np.array(data["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == 1000
-    assert np.trace(matrix) / 1000 == pytest.approx(data["accuracy"]) == pytest.approx(report["test"]["accuracy"])
+    assert (
+        np.trace(matrix) / 1000
+        == pytest.approx(data["accuracy"])
+        == pytest.approx(report["test"]["accuracy"])
+    )
     assert [row["support"] for row in data["per_class"]] == [100] * 10
 
 
@@ -152,26 +201,59 @@ def write(path, text):
     return path
 
 
-@pytest.mark.parametrize("case", ["missing spec", "bad json", "invalid spec", "bad bundle", "bad input",
-                                  "missing input", "unknown data", "wrong data shape", "missing folder"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing spec",
+        "bad json",
+        "invalid spec",
+        "bad bundle",
+        "bad input",
+        "missing input",
+        "unknown data",
+        "wrong data shape",
+        "missing folder",
+    ],
+)
 def test_user_errors_are_one_line_without_traceback(case, trained, tmp_path, root):
     bundle = trained[0]
     spec = root / "models/seed_cnn.json"
     args, expected = {
-        "missing spec": (["train", tmp_path / "nope.json", "--data", "mnist-sample", "--out", tmp_path / "o.cnnb"],
-                         "nope.json: spec file not found"),
-        "bad json": (["inspect", write(tmp_path / "bad.json", "{\"layers\": [")], "invalid JSON at line 1"),
-        "invalid spec": (["inspect", write(tmp_path / "s.json", json.dumps(
-            {"input_shape": [1, 8, 8], "layers": [{"type": "conv2d", "filters": 2, "kernel_size": 9}]}))],
-            "layer 0 'conv2d_1' (conv2d): kernel_size 9x9 is larger than its input 8x8"),
-        "bad bundle": (["infer", write(tmp_path / "b.cnnb", "garbage"), spec], "b.cnnb: not a cnntool bundle"),
+        "missing spec": (
+            ["train", tmp_path / "nope.json", "--data", "mnist-sample", "--out", tmp_path / "o.cnnb"],
+            "nope.json: spec file not found",
+        ),
+        "bad json": (["inspect", write(tmp_path / "bad.json", '{"layers": [')], "invalid JSON at line 1"),
+        "invalid spec": (
+            [
+                "inspect",
+                write(
+                    tmp_path / "s.json",
+                    json.dumps(
+                        {
+                            "input_shape": [1, 8, 8],
+                            "layers": [{"type": "conv2d", "filters": 2, "kernel_size": 9}],
+                        }
+                    ),
+                ),
+            ],
+            "layer 0 'conv2d_1' (conv2d): kernel_size 9x9 is larger than its input 8x8",
+        ),
+        "bad bundle": (
+            ["infer", write(tmp_path / "b.cnnb", "garbage"), spec],
+            "b.cnnb: not a cnntool bundle",
+        ),
         "bad input": (["infer", bundle, write(tmp_path / "x.png", "not an image")], "x.png: "),
         "missing input": (["infer", bundle, tmp_path / "none.png"], "none.png: file not found"),
         "unknown data": (["train", spec, "--data", "nowhere", "--out", tmp_path / "o.cnnb"], "nowhere"),
-        "wrong data shape": (["train", spec, "--data", npz(tmp_path, (2, 16, 16)), "--out", tmp_path / "o.cnnb"],
-                             "input_shape [1, 28, 28] does not match the dataset's images [2, 16, 16]"),
-        "missing folder": (["train", spec, "--data", "mnist-sample", "--out", tmp_path / "no" / "o.cnnb"],
-                           "folder " + str(tmp_path / "no") + " does not exist"),
+        "wrong data shape": (
+            ["train", spec, "--data", npz(tmp_path, (2, 16, 16)), "--out", tmp_path / "o.cnnb"],
+            "input_shape [1, 28, 28] does not match the dataset's images [2, 16, 16]",
+        ),
+        "missing folder": (
+            ["train", spec, "--data", "mnist-sample", "--out", tmp_path / "no" / "o.cnnb"],
+            "folder " + str(tmp_path / "no") + " does not exist",
+        ),
     }[case]
     result = run(*args)
     assert result.returncode == 1, result.stderr
@@ -184,8 +266,13 @@ def test_user_errors_are_one_line_without_traceback(case, trained, tmp_path, roo
 def npz(tmp_path, image_shape):
     rng = np.random.default_rng(0)
     path = tmp_path / "data.npz"
-    np.savez(path, x_train=rng.integers(0, 255, (20, *image_shape), dtype=np.uint8), y_train=np.arange(20) % 3,
-             x_test=rng.integers(0, 255, (6, *image_shape), dtype=np.uint8), y_test=np.arange(6) % 3)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 255, (20, *image_shape), dtype=np.uint8),
+        y_train=np.arange(20) % 3,
+        x_test=rng.integers(0, 255, (6, *image_shape), dtype=np.uint8),
+        y_test=np.arange(6) % 3,
+    )
     return path
 
 
@@ -214,13 +301,35 @@ def test_python_m_cnntool():
 
 
 def test_training_on_npz_with_other_shape(tmp_path):
-    spec = write(tmp_path / "small.json", json.dumps({
-        "input_shape": [2, 16, 16],
-        "layers": [{"type": "conv2d", "filters": 4, "kernel_size": 3, "stride": 2, "padding": "same"},
-                   {"type": "relu"}, {"type": "flatten"}, {"type": "dense", "units": 3}],
-    }))
-    result = invoke("train", spec, "--data", npz(tmp_path, (2, 16, 16)), "--epochs", "2", "--batch-size", "4",
-                    "--optimizer", "adam", "--out", tmp_path / "s.cnnb", "--json")
+    spec = write(
+        tmp_path / "small.json",
+        json.dumps(
+            {
+                "input_shape": [2, 16, 16],
+                "layers": [
+                    {"type": "conv2d", "filters": 4, "kernel_size": 3, "stride": 2, "padding": "same"},
+                    {"type": "relu"},
+                    {"type": "flatten"},
+                    {"type": "dense", "units": 3},
+                ],
+            }
+        ),
+    )
+    result = invoke(
+        "train",
+        spec,
+        "--data",
+        npz(tmp_path, (2, 16, 16)),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--optimizer",
+        "adam",
+        "--out",
+        tmp_path / "s.cnnb",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     bundle = cnntool.load_bundle(tmp_path / "s.cnnb")
     assert bundle.network.classes == ["0", "1", "2"]
