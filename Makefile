@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean system-deps
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,16 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Debian packages listed in .ci/debian-packages (needs root and apt-get).
+system-deps:
+	@pkgs="$$(grep -v '^#' .ci/debian-packages | tr '\n' ' ')"; \
+	if [ -z "$$(echo $$pkgs | tr -d ' ')" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs; \
+	else \
+		echo "system-deps: run as root on Debian to install: $$pkgs (the tests needing them are skipped)"; \
+	fi
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache .hypothesis
