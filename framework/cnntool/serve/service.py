@@ -1,0 +1,153 @@
+"""The model behind the endpoints: load the bundle, compile its kernels, predict in batches.
+
+Start-up runs off the event loop, in the one kernel thread, while the server already answers:
+`/healthz` is 200 at once, `/readyz` turns 200 once the bundle is loaded and one prediction
+has compiled (or loaded from numba's cache) every kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from cnntool.serve.batching import MicroBatcher
+from cnntool.serve.metrics import ServerMetrics
+
+SETTINGS_ENV = "CNNTOOL_SERVE_SETTINGS"
+log = logging.getLogger("cnntool.serve")
+
+
+class ServeSettings(BaseModel):
+    """What `cnntool serve` was asked for (its options hold the defaults); passed to worker
+    processes as JSON."""
+
+    bundle: str
+    host: str
+    port: int = Field(ge=0, le=65535)
+    workers: int = Field(ge=1)
+    threads: int = Field(ge=1, description="numba and BLAS threads per process")
+    max_body_bytes: int = Field(ge=1024)
+    max_batch: int = Field(ge=1)
+    max_wait_ms: float = Field(ge=0)
+    access_log: bool
+
+    def to_environment(self) -> None:
+        os.environ[SETTINGS_ENV] = self.model_dump_json()
+
+    @classmethod
+    def from_environment(cls) -> ServeSettings:
+        return cls.model_validate_json(os.environ[SETTINGS_ENV])
+
+
+class ModelService:
+    """One bundle, one kernel thread and the micro-batcher that feeds it."""
+
+    def __init__(self, settings: ServeSettings, metrics: ServerMetrics, bundle: Any = None) -> None:
+        from cnntool.threads import set_threads
+
+        self.settings = settings
+        self.metrics = metrics
+        self.bundle = bundle
+        self.ready = False
+        self.failure: str | None = None
+        # numba's thread count is per calling thread, so the kernel thread sets its own.
+        self.executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="cnntool-kernels",
+            initializer=set_threads,
+            initargs=(settings.threads,),
+        )
+        self.batcher = MicroBatcher(
+            self.run_network,
+            self.executor,
+            max_batch=settings.max_batch,
+            max_wait=settings.max_wait_ms / 1000,
+            on_batch=metrics.observe_batch,
+        )
+
+    async def start(self) -> None:
+        """Load the bundle (unless given) and warm up, in the kernel thread."""
+        loop = asyncio.get_running_loop()
+        try:
+            if self.bundle is None:
+                from cnntool.bundle import load_bundle
+
+                self.bundle = await loop.run_in_executor(self.executor, load_bundle, self.settings.bundle)
+            await loop.run_in_executor(self.executor, warm_up, self.bundle)
+        except Exception as exc:
+            self.failure = f"cannot serve {self.settings.bundle}: {exc}"
+            log.error(self.failure)
+            return
+        info = self.info()
+        self.metrics.model.set(
+            info["name"],
+            info["digest"],
+            info["cnntool_version"],
+            str(info["parameters"]),
+            "x".join(map(str, info["input_shape"])),
+            value=1,
+        )
+        self.metrics.ready.set(value=1)
+        self.ready = True
+        log.info("model %r ready (digest %s)", info["name"], info["digest"])
+
+    async def stop(self) -> None:
+        await self.batcher.close()
+        self.executor.shutdown(wait=True)
+
+    def run_network(self, inputs: np.ndarray) -> np.ndarray:
+        """Probabilities for model-ready inputs; runs in the kernel thread only."""
+        return self.bundle.network.predict_proba(inputs)
+
+    async def predict(self, inputs: np.ndarray, top_k: int) -> list[dict[str, Any]]:
+        """One `cnntool infer` record per input (without `input`), in order."""
+        from cnntool.predict import prediction_record
+
+        classes = self.bundle.network.classes
+        probabilities = await self.batcher.predict(inputs)
+        return [prediction_record(row, classes, min(top_k, len(classes))) for row in probabilities]
+
+    def info(self) -> dict[str, Any]:
+        """What `/v1/model` answers."""
+        from cnntool import __version__
+
+        bundle, meta = self.bundle, self.bundle.meta
+        history = meta.get("history") or []
+        last = history[-1] if history and isinstance(history[-1], dict) else {}
+        dataset = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+        providers = meta.get("providers") if isinstance(meta.get("providers"), dict) else {}
+        test = meta.get("test")
+        return {
+            "name": bundle.network.name,
+            "input_shape": list(bundle.network.input_shape),
+            "classes": bundle.network.classes,
+            "parameters": bundle.network.num_params,
+            "digest": bundle.digest,
+            "cnntool_version": __version__,
+            "created_with": meta.get("cnntool_version"),
+            "created_at": meta.get("created_at"),
+            "providers": {str(key): str(value) for key, value in providers.items()},
+            "preprocessing": bundle.preprocessing,
+            "training": {
+                "epochs": last.get("epoch", len(history)) or None,
+                "final_loss": last.get("loss"),
+                "final_accuracy": last.get("accuracy"),
+                "final_val_loss": last.get("val_loss"),
+                "final_val_accuracy": last.get("val_accuracy"),
+                "test": test if isinstance(test, dict) else None,
+                "dataset": dataset.get("name"),
+            },
+        }
+
+
+def warm_up(bundle: Any) -> None:
+    """One prediction on a blank input, so every kernel is compiled before traffic comes."""
+    from cnntool.predict import predict_raw
+
+    predict_raw(bundle.network, np.zeros((1, *bundle.network.input_shape), np.uint8), bundle.preprocessing)
