@@ -1,10 +1,11 @@
 """Layer types come from the entry-point group `cnntool.layers`, built-ins included.
 
 Discovery reads installed distributions' metadata only; a layer class is imported the first
-time it is needed. A plugin that fails to import or declares a broken layer is reported as
-"failed to load layer type X from distribution Y: <cause>" and everything else keeps working.
-Two distributions claiming one type name is an error naming both; a plugin can never replace
-a built-in. Set CNNTOOL_DISABLE_PLUGINS=1 to load only cnntool's own layers.
+time it is needed. A plugin that fails to import or declares a broken layer is reported once
+as "failed to load layer type X from distribution Y: <cause>" and everything else keeps
+working; a spec that uses the type gets that message as its validation error. Two
+distributions claiming one type name is an error naming both; a plugin can never replace a
+built-in. Set CNNTOOL_DISABLE_PLUGINS=1 to load only cnntool's own layers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 from cnntool.errors import PluginError
 
@@ -55,6 +56,8 @@ class Registry:
     load_plugins: bool = True
     types: dict[str, LayerType] = field(default_factory=dict)
     conflicts: dict[str, list[LayerType]] = field(default_factory=dict)
+    # Plugin entries refused because a built-in has their name; `error` says so.
+    rejected: list[LayerType] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     _spec_model: Any = None
 
@@ -64,15 +67,21 @@ class Registry:
         if load_plugins is None:
             load_plugins = os.environ.get(DISABLE_PLUGINS_ENV, "").strip().lower() in ("", "0", "false", "no")
         registry = cls(load_plugins=load_plugins)
+        found = []
         for ep in entry_points(group=GROUP):
             dist = getattr(ep, "dist", None)
             distribution = dist.name if dist is not None else "<unknown>"
             version = dist.version if dist is not None else "?"
-            registry.add(LayerType(ep.name, ep.value, canonical(distribution), version, ep))
+            found.append(LayerType(ep.name, ep.value, canonical(distribution), version, ep))
+        # Built-ins first, so a plugin claiming a built-in name is refused whatever the order
+        # of sys.path.
+        for entry in sorted(found, key=lambda e: not e.builtin):
+            registry.add(entry)
         return registry
 
     def add(self, entry: LayerType) -> None:
-        """Record one entry point, resolving a clash over its type name."""
+        """Record one entry point, resolving a clash over its type name (built-ins are
+        added first and always kept)."""
         if not entry.builtin and not self.load_plugins:
             return
         name = entry.name
@@ -86,21 +95,30 @@ class Registry:
             return
         if current.distribution == entry.distribution:
             return  # the same distribution seen twice on sys.path
-        if current.builtin or entry.builtin:
-            builtin, other = (current, entry) if current.builtin else (entry, current)
-            self.types[name] = builtin
-            self.report(
-                f"layer type {name!r} is claimed by {other.provider} ({other.value}) and by "
-                f"cnntool's built-in {builtin.value}; the built-in is kept. Rename the plugin's type."
+        if current.builtin:
+            entry.error = (
+                f"layer type {name!r} is claimed by {entry.provider} ({entry.value}) and by "
+                f"cnntool's built-in {current.value}; the built-in is kept. Rename the plugin's type."
             )
+            self.rejected.append(entry)
+            self.report(entry.error)
             return
         del self.types[name]
         self.conflicts[name] = [current, entry]
         self.report(conflict_message(name, self.conflicts[name]))
 
     def report(self, message: str) -> None:
+        """Warn about a plugin problem, once per registry."""
+        if message in self.problems:
+            return
         self.problems.append(message)
         warnings.warn(message, PluginWarning, stacklevel=3)
+
+    def distribution_entries(self, distribution: str) -> list[LayerType]:
+        """Every entry point a distribution declared: usable, failed, in conflict or rejected."""
+        wanted = canonical(distribution)
+        claims = [*self.types.values(), *self.rejected, *(e for es in self.conflicts.values() for e in es)]
+        return sorted((e for e in claims if e.distribution == wanted), key=lambda e: e.name)
 
     # --- lookup ----------------------------------------------------------------------------
 
@@ -144,7 +162,7 @@ class Registry:
                 raise RuntimeError(f"no entry point for {entry.value}")
             cls = entry.entry_point.load()
         except Exception as exc:  # a broken plugin must never take cnntool down
-            entry.error = f"failed to load {where}: {type(exc).__name__}: {exc}"
+            entry.error = f"failed to load {where}: {describe(exc)}"
             self.report(entry.error)
             return
         problem = None
@@ -157,10 +175,14 @@ class Registry:
             field_info = config.model_fields.get("type")
             literal = typing.get_args(field_info.annotation) if field_info is not None else ()
             if literal != (entry.name,):
-                problem = (
-                    f"{entry.value}.Config must declare type: Literal[{entry.name!r}], "
-                    f"found {field_info.annotation if field_info else 'no type field'}"
-                )
+                found = f"Literal[{', '.join(map(repr, literal))}]" if literal else "no type literal"
+                problem = f"{entry.value}.Config must declare type: Literal[{entry.name!r}], found {found}"
+            else:
+                # `cnntool schema` and the spec union need every config to have a JSON Schema.
+                try:
+                    config.model_json_schema()
+                except Exception as exc:
+                    problem = f"{entry.value}.Config has no JSON Schema: {describe(exc)}"
         if problem is not None:
             entry.error = f"failed to load {where}: {problem}"
             self.report(entry.error)
@@ -174,10 +196,14 @@ class Registry:
         config. Built once per registry."""
         if self._spec_model is None:
             from pydantic import Field, create_model
+            from pydantic.json_schema import SkipJsonSchema
 
             from cnntool.spec import SpecBase
 
             configs = tuple(cls.Config for cls in self.load_all().values())
+            refused = {name: e.error for name, e in self.types.items() if e.error is not None}
+            refused.update({name: conflict_message(name, es) for name, es in self.conflicts.items()})
+            configs += tuple(SkipJsonSchema[refusal(name, error)] for name, error in sorted(refused.items()))
             if len(configs) == 1:
                 layer_union: Any = configs[0]
             else:
@@ -190,13 +216,36 @@ class Registry:
         return self._spec_model
 
 
+def refusal(name: str, error: str) -> type:
+    """A config model for a type that cannot be used: a spec naming it fails validation with
+    `error` (why the plugin failed) instead of "unknown type"."""
+    from pydantic import ConfigDict, create_model, model_validator
+    from pydantic_core import PydanticCustomError
+
+    def refuse(cls: type, data: Any) -> Any:
+        raise PydanticCustomError("layer_type_unusable", error)
+
+    return create_model(
+        f"Unusable_{name}",
+        __config__=ConfigDict(extra="allow"),
+        __validators__={"refuse": model_validator(mode="before")(refuse)},
+        type=(Literal[name], ...),
+    )
+
+
 def canonical(distribution: str) -> str:
     """Distribution names compare as PEP 503 normalises them ('Cnntool_Extras' == 'cnntool-extras')."""
     return distribution.lower().replace("_", "-").replace(".", "-")
 
 
+def describe(exc: BaseException) -> str:
+    """'ExceptionType: first line of its message', to keep a warning on one line."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def conflict_message(name: str, claimants: list[LayerType]) -> str:
-    who = " and ".join(f"{e.provider} ({e.value})" for e in claimants)
+    who = " and ".join(f"{e.provider} ({e.value})" for e in sorted(claimants, key=lambda e: e.distribution))
     return f"layer type {name!r} is claimed by two distributions: {who}; uninstall one of them"
 
 

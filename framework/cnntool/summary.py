@@ -15,7 +15,8 @@ SPARK = "▁▂▃▄▅▆▇█"
 
 
 def layer_rows(layers: list) -> list[dict[str, Any]]:
-    """One row per planned or built layer: index, name, type, output shape, params, FLOPs."""
+    """One row per planned or built layer: index, name, type, output shape, params, FLOPs,
+    hyperparameters (`config`) and parameter shapes (`weights`)."""
     rows = []
     for index, layer in enumerate(layers):
         shapes = layer.param_shapes(layer.input_shape)
@@ -27,9 +28,15 @@ def layer_rows(layers: list) -> list[dict[str, Any]]:
                 "output_shape": list(layer.output_shape),
                 "params": sum(math.prod(shape) for shape in shapes.values()),
                 "flops": int(layer.flops(layer.input_shape)),
+                "config": hyperparameters(layer.describe()),
+                "weights": {key: list(shape) for key, shape in shapes.items()},
             }
         )
     return rows
+
+
+def hyperparameters(config: dict) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key not in ("type", "name")}
 
 
 def describe_spec(spec: Any, registry: Any = None) -> dict[str, Any]:
@@ -72,7 +79,7 @@ def describe_bundle(raw: Any, registry: Any = None) -> dict[str, Any]:
         except CnntoolError as exc:
             problems = [f"the stored spec cannot be built here: {exc}"]
     if info is None:
-        info = stored_layout(raw)
+        info = stored_layout(raw, registry)
     info.update(
         {
             "kind": "bundle",
@@ -92,25 +99,36 @@ def describe_bundle(raw: Any, registry: Any = None) -> dict[str, Any]:
     return info
 
 
-def stored_layout(raw: Any) -> dict[str, Any]:
-    """Layer rows from what the bundle stores, without the layer classes."""
+def stored_layout(raw: Any, registry: Any) -> dict[str, Any]:
+    """Layer rows from what a bundle stores, for a spec that cannot be built here: each
+    layer's stored hyperparameters and weight shapes, and output shapes and FLOPs as far as
+    the installed layer types reach (up to the first one that is missing)."""
     spec = raw.spec
-    rows = []
     layers = spec.get("layers") if isinstance(spec.get("layers"), list) else []
+    shape = stored_input_shape(spec.get("input_shape"))
+    rows = []
     for index, layer in enumerate(layers):
         layer = layer if isinstance(layer, dict) else {}
         name = str(layer.get("name", f"layer{index}"))
-        params = sum(int(a.size) for key, a in raw.weights.items() if key.rsplit(".", 1)[0] == name)
-        rows.append(
-            {
-                "index": index,
-                "name": name,
-                "type": str(layer.get("type", "?")),
-                "output_shape": None,
-                "params": params,
-                "flops": None,
-            }
-        )
+        weights = {
+            key.rsplit(".", 1)[1]: list(array.shape)
+            for key, array in sorted(raw.weights.items())
+            if key.rsplit(".", 1)[0] == name
+        }
+        row = {
+            "index": index,
+            "name": name,
+            "type": str(layer.get("type", "?")),
+            "output_shape": None,
+            "params": sum(math.prod(dims) for dims in weights.values()),
+            "flops": None,
+            "config": hyperparameters(layer),
+            "weights": weights,
+        }
+        if shape is not None:
+            shape, row["flops"] = shape_through(layer, shape, registry)
+            row["output_shape"] = list(shape) if shape is not None else None
+        rows.append(row)
     return {
         "name": str(spec.get("name", "?")),
         "input_shape": spec.get("input_shape"),
@@ -118,6 +136,26 @@ def stored_layout(raw: Any) -> dict[str, Any]:
         "layers": rows,
         "total_flops": None,
     }
+
+
+def stored_input_shape(value: Any) -> tuple[int, ...] | None:
+    if isinstance(value, list) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value
+    ):
+        return tuple(value)
+    return None
+
+
+def shape_through(config: dict, input_shape: tuple[int, ...], registry: Any) -> tuple[Any, int | None]:
+    """(output shape, FLOPs) of one stored layer config if its type is installed and takes
+    `input_shape`, else (None, None)."""
+    try:
+        layer_class = registry.get(config.get("type"))
+        layer = layer_class(layer_class.Config.model_validate(config))
+        output_shape = tuple(layer.compute_output_shape(input_shape))
+        return output_shape, int(layer.flops(input_shape))
+    except Exception:  # an uninstalled type, or a config this version cannot read: shape unknown
+        return None, None
 
 
 def sparkline(values: list[float]) -> str:

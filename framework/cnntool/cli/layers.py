@@ -13,33 +13,33 @@ from cnntool.cli.output import print_json
 def layers(
     json_output: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
 ) -> None:
-    """List registered layer types and the distribution providing each."""
+    """List registered layer types and the distribution providing each, with the plugins
+    that failed to load and why."""
     from cnntool.registry import conflict_message, get_registry
 
     registry = get_registry()
     registry.load_all()
-    rows = [
-        {
-            "type": name,
-            "distribution": entry.distribution,
-            "version": entry.version,
-            "object": entry.value,
-            "builtin": entry.builtin,
-            "status": "ok" if entry.error is None else "failed",
-            "error": entry.error,
-        }
-        for name, entry in sorted(registry.types.items())
-    ]
-    for name, claimants in sorted(registry.conflicts.items()):
+    claims = [(name, [entry]) for name, entry in registry.types.items()]
+    claims += [(entry.name, [entry]) for entry in registry.rejected]
+    claims += list(registry.conflicts.items())
+    rows = []
+    for name, entries in sorted(claims, key=lambda claim: (claim[0], claim[1][0].builtin is False)):
+        if len(entries) > 1:
+            status, error = "conflict", conflict_message(name, entries)
+        elif entries[0] in registry.rejected:
+            status, error = "rejected", entries[0].error
+        else:
+            status, error = ("ok", None) if entries[0].error is None else ("failed", entries[0].error)
         rows.append(
             {
                 "type": name,
-                "distribution": " and ".join(e.distribution for e in claimants),
-                "version": " and ".join(e.version for e in claimants),
-                "object": " and ".join(e.value for e in claimants),
-                "builtin": False,
-                "status": "conflict",
-                "error": conflict_message(name, claimants),
+                "distribution": " and ".join(e.distribution for e in entries),
+                "version": " and ".join(e.version for e in entries),
+                "provider": " and ".join(e.provider for e in entries),
+                "object": " and ".join(e.value for e in entries),
+                "builtin": entries[0].builtin,
+                "status": status,
+                "error": error,
             }
         )
     if json_output:
@@ -48,12 +48,13 @@ def layers(
     from rich.console import Console
     from rich.table import Table
 
+    console = Console(highlight=False)
     table = Table()
     for column in ("type", "distribution", "version", "status"):
         table.add_column(column)
     for row in rows:
         table.add_row(row["type"], row["distribution"], row["version"], row["status"])
-    Console(highlight=False).print(table)
+    console.print(table)
 
 
 def schema() -> None:

@@ -1,0 +1,146 @@
+"""Depthwise 2-D convolution: each input channel gets its own `depth_multiplier` filters.
+
+This is PyTorch's `nn.Conv2d(C, C * m, k, groups=C)` and Keras's `DepthwiseConv2D`: the
+weight has PyTorch's layout `(C * m, 1, kh, kw)`, and output channel `o` reads input channel
+`o // m`. Followed by a 1x1 `conv2d` it makes the depthwise-separable block of MobileNet,
+with far fewer parameters and FLOPs than a full convolution.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import Field
+
+from cnntool.layers import Layer, LayerConfig, Shape, ShapeError
+from cnntool_extras import kernels
+
+PositiveSize = Annotated[int, Field(ge=1, le=4096)]
+SizeOrPair = PositiveSize | tuple[PositiveSize, PositiveSize]
+Padding = Annotated[int, Field(ge=0, le=4096)]
+
+
+class DepthwiseConv2DConfig(LayerConfig):
+    type: Literal["depthwise_conv2d"] = "depthwise_conv2d"
+    kernel_size: SizeOrPair = Field(description="Window size: an int or [height, width].")
+    stride: SizeOrPair = 1
+    padding: Padding | tuple[Padding, Padding] | Literal["same", "valid"] = Field(
+        default=0,
+        description='Zeros added on each side: an int, [height, width], "valid" (0) or "same" '
+        "(output size ceil(input / stride), extra padding at the bottom and right, as conv2d).",
+    )
+    depth_multiplier: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=1, description="Filters per input channel; the output has channels * depth_multiplier."
+    )
+    use_bias: bool = True
+
+
+def pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+class DepthwiseConv2D(Layer):
+    """y[n, o] = b[o] + W[o, 0] ⋆ x[n, o // m], with W of shape (C * m, 1, kh, kw)."""
+
+    Config = DepthwiseConv2DConfig
+    config: DepthwiseConv2DConfig
+
+    @classmethod
+    def examples(cls) -> list[tuple[dict, Shape]]:
+        """Configs and input shapes that `cnntool plugin check` runs the conformance checks on."""
+        return [
+            ({"type": "depthwise_conv2d", "kernel_size": 3}, (2, 6, 6)),
+            (
+                {"type": "depthwise_conv2d", "kernel_size": [3, 2], "stride": 2, "padding": "same"},
+                (3, 7, 6),
+            ),
+            (
+                {"type": "depthwise_conv2d", "kernel_size": 2, "depth_multiplier": 2, "use_bias": False},
+                (2, 5, 5),
+            ),
+        ]
+
+    def padding(self, input_shape: Shape) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) zeros added around each image."""
+        kh, kw = pair(self.config.kernel_size)
+        sh, sw = pair(self.config.stride)
+        padding = self.config.padding
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            total = [
+                max((-(-size // stride) - 1) * stride + kernel - size, 0)
+                for size, kernel, stride in ((input_shape[1], kh, sh), (input_shape[2], kw, sw))
+            ]
+            return (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
+        ph, pw = pair(padding)
+        return (ph, pw, ph, pw)
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        if len(input_shape) != 3:
+            raise ShapeError(
+                f"expected an image input (channels, height, width), received shape {tuple(input_shape)}"
+            )
+        channels, height, width = input_shape
+        kh, kw = pair(self.config.kernel_size)
+        sh, sw = pair(self.config.stride)
+        top, left, bottom, right = self.padding(input_shape)
+        if kh > height + top + bottom or kw > width + left + right:
+            raise ShapeError(
+                f"kernel_size {kh}x{kw} is larger than its input {height}x{width} padded to "
+                f"{height + top + bottom}x{width + left + right}; use a smaller kernel or more padding"
+            )
+        out_h = (height + top + bottom - kh) // sh + 1
+        out_w = (width + left + right - kw) // sw + 1
+        return (channels * self.config.depth_multiplier, out_h, out_w)
+
+    def param_shapes(self, input_shape: Shape) -> dict[str, Shape]:
+        out_channels = input_shape[0] * self.config.depth_multiplier
+        shapes: dict[str, Shape] = {"weight": (out_channels, 1, *pair(self.config.kernel_size))}
+        if self.config.use_bias:
+            shapes["bias"] = (out_channels,)
+        return shapes
+
+    def build(self, input_shape: Shape, rng: np.random.Generator | None) -> Shape:
+        output_shape = super().build(input_shape, rng)
+        self._pads = self.padding(self.input_shape)
+        self._strides = pair(self.config.stride)
+        # Stands in for the bias when use_bias is false, so the kernels keep one signature.
+        self._no_bias = np.zeros(output_shape[0], np.float32)
+        return output_shape
+
+    def forward(self, x: np.ndarray, *, training: bool = False) -> np.ndarray:
+        self._x = np.ascontiguousarray(x)
+        out = self.buffer("out", (x.shape[0], *self.output_shape))
+        kernels.depthwise_conv2d_forward(
+            self._x,
+            self.params["weight"],
+            self.params.get("bias", self._no_bias),
+            self.config.use_bias,
+            *self._strides,
+            *self._pads[:2],
+            out,
+        )
+        return out
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        grad_x = self.buffer("grad_x", self._x.shape)
+        kernels.depthwise_conv2d_backward(
+            np.ascontiguousarray(grad_out),
+            self._x,
+            self.params["weight"],
+            self.config.use_bias,
+            self.need_input_grad,
+            *self._strides,
+            *self._pads[:2],
+            self.grads["weight"],
+            self.grads.get("bias", self._no_bias),
+            grad_x,
+        )
+        return grad_x
+
+    def flops(self, input_shape: Shape) -> int:
+        out_channels, out_h, out_w = self.compute_output_shape(input_shape)
+        kh, kw = pair(self.config.kernel_size)
+        return out_channels * out_h * out_w * (2 * kh * kw + (1 if self.config.use_bias else 0))

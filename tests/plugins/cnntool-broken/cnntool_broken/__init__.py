@@ -1,0 +1,1 @@
+"""A plugin whose every entry point is broken in its own way (see the pyproject.toml)."""
