@@ -43,7 +43,8 @@ class Counter:
 
     def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
         self.name, self.help, self.labels = name, help_text, labels
-        self.values: dict[LabelValues, float] = {}
+        # A series without labels exists from the start, so it reads 0 before any traffic.
+        self.values: dict[LabelValues, float] = {} if labels else {(): 0.0}
 
     def inc(self, *values: str, amount: float = 1.0) -> None:
         self.values[values] = self.values.get(values, 0.0) + amount
@@ -72,10 +73,14 @@ class Histogram:
     ) -> None:
         self.name, self.help, self.labels = name, help_text, labels
         self.buckets = (*buckets, math.inf)
-        self.series: dict[LabelValues, list[float]] = {}  # bucket counts, then sum, then count
+        # Per label values: the count of each bucket, then the sum, then the count.
+        self.series: dict[LabelValues, list[float]] = {} if labels else {(): self.empty()}
+
+    def empty(self) -> list[float]:
+        return [0.0] * (len(self.buckets) + 2)
 
     def observe(self, value: float, *values: str) -> None:
-        series = self.series.setdefault(values, [0.0] * (len(self.buckets) + 2))
+        series = self.series.setdefault(values, self.empty())
         for index, bound in enumerate(self.buckets):
             if value <= bound:
                 series[index] += 1
@@ -84,7 +89,7 @@ class Histogram:
 
     def samples(self) -> Iterable[str]:
         for values, series in sorted(self.series.items()):
-            for bound, count in zip(self.buckets, series, strict=False):
+            for bound, count in zip(self.buckets, series[:-2], strict=True):
                 le = f'le="{number(bound)}"'
                 yield f"{self.name}_bucket{labels_text(self.labels, values, le)} {number(count)}"
             yield f"{self.name}_sum{labels_text(self.labels, values)} {number(series[-2])}"
@@ -121,7 +126,6 @@ class ServerMetrics:
             "The model being served (value is always 1).",
             ("name", "digest", "cnntool_version", "parameters", "input_shape"),
         )
-        self.ready.set(value=0)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.inc(route, method, str(status))
