@@ -393,7 +393,7 @@ def check_distribution(distribution: str, *, seed: int = 0, registry: Any = None
     """Run every check on every layer type `distribution` provides, with each type's
     examples. A type that cannot be loaded or has no usable examples is one failed 'load'
     result naming the cause."""
-    from cnntool.registry import conflict_message, get_registry
+    from cnntool.registry import conflict_message, describe, get_registry
 
     registry = registry or get_registry()
     entries = registry.distribution_entries(distribution)
@@ -408,6 +408,10 @@ def check_distribution(distribution: str, *, seed: int = 0, registry: Any = None
             examples = layer_examples(layer_class, entry.name)
         except CnntoolError as exc:
             results.append(CheckResult(entry.name, "load", False, str(exc)))
+            continue
+        except Exception as exc:  # examples() is plugin code too
+            message = f"{layer_class.__name__}.examples() raised {describe(exc)}"
+            results.append(CheckResult(entry.name, "load", False, message))
             continue
         for config, input_shape in examples:
             results.extend(check_layer(config, input_shape, seed=seed, registry=registry))
