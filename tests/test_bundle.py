@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     opt = cnntool.optim.SGD(net, lr=0.1, momentum=0.9)
     x = np.random.default_rng(0).random((4, 1, 6, 6), dtype=np.float32)
     for _ in range(2):
-        _, grad = cnntool.softmax_cross_entropy(net.run_forward(x), np.array([0, 1, 2, 0]))
+        _, grad = cnntool.softmax_cross_entropy(net.forward(x, training=True), np.array([0, 1, 2, 0]))
         net.backward(grad)
         opt.step()
     path = tmp_path_factory.mktemp("bundle") / "tiny.cnnb"

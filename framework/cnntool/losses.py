@@ -26,5 +26,6 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
             f"labels must lie in [0, {logits.shape[1]}), received {labels.min()}..{labels.max()}"
         )
     grad = np.empty_like(logits)
-    loss, _ = kernel(logits, np.ascontiguousarray(labels, np.int64), grad)
-    return float(loss), grad
+    n = max(len(labels), 1)
+    total, _ = kernel(logits, np.ascontiguousarray(labels, np.int64), grad, 1.0 / n)
+    return float(total) / n, grad

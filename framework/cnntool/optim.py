@@ -9,10 +9,12 @@ from typing import Any
 import numpy as np
 
 from cnntool.errors import CnntoolError
+from cnntool.plan import aligned_zeros
 
 
 class Optimizer:
-    """Common part: the parameter list, the step count and per-parameter slots."""
+    """Common part: the network's flat parameter and gradient arrays, the step count and
+    per-parameter slots (flat too, with per-key views for saving)."""
 
     kind = "optimizer"
     slot_names: tuple[str, ...] = ()
@@ -22,16 +24,28 @@ class Optimizer:
             raise CnntoolError(f"Invalid value for `lr`. Expected a positive float. Received: lr={lr}")
         self.lr = float(lr)
         self.params = net.parameters()
+        self.flat_param, self.flat_grad = net.flat_params, net.flat_grads
+        self.offsets = net.param_offsets
         self.steps = 0
-        self.slots = {name: {key: np.zeros_like(p) for key, p, _ in self.params} for name in self.slot_names}
+        self.flat_slots = {name: aligned_zeros(self.flat_param.size) for name in self.slot_names}
+
+    @property
+    def slots(self) -> dict[str, dict[str, np.ndarray]]:
+        """Each slot as {parameter key: live view}."""
+        return {
+            name: {
+                key: flat[offset : offset + int(np.prod(shape))].reshape(shape)
+                for key, (offset, shape) in self.offsets.items()
+            }
+            for name, flat in self.flat_slots.items()
+        }
 
     def step(self) -> None:
         raise NotImplementedError
 
     def zero_grad(self) -> None:
         """Set every gradient to zero (backward overwrites them, so training never needs it)."""
-        for _, _, grad in self.params:
-            grad.fill(0.0)
+        self.flat_grad.fill(0.0)
 
     def hyperparameters(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -44,9 +58,9 @@ class Optimizer:
         if state.get("type") != self.kind:
             raise CnntoolError(f"optimizer state is for {state.get('type')!r}, not {self.kind!r}")
         self.steps = int(state["steps"])
-        for name in self.slot_names:
-            for key, value in self.slots[name].items():
-                np.copyto(value, state["slots"][name][key])
+        for name, views in self.slots.items():
+            for key, view in views.items():
+                np.copyto(view, state["slots"][name][key])
 
 
 class SGD(Optimizer):
@@ -87,20 +101,10 @@ class SGD(Optimizer):
     def step(self) -> None:
         from cnntool.kernels.optim import sgd_update
 
-        first = self.steps == 0
-        velocity = self.slots["velocity"]
-        for key, param, grad in self.params:
-            sgd_update(
-                param,
-                grad,
-                velocity[key],
-                self.lr,
-                self.momentum,
-                self.dampening,
-                self.weight_decay,
-                self.nesterov,
-                first,
-            )
+        sgd_update(
+            self.flat_param, self.flat_grad, self.flat_slots["velocity"], self.lr, self.momentum,
+            self.dampening, self.weight_decay, self.nesterov, self.steps == 0,
+        )  # fmt: skip
         self.steps += 1
 
 
@@ -135,21 +139,10 @@ class Adam(Optimizer):
         from cnntool.kernels.optim import adam_update
 
         self.steps += 1
-        m, v = self.slots["exp_avg"], self.slots["exp_avg_sq"]
-        for key, param, grad in self.params:
-            adam_update(
-                param,
-                grad,
-                m[key],
-                v[key],
-                self.lr,
-                self.betas[0],
-                self.betas[1],
-                self.eps,
-                self.weight_decay,
-                self.decoupled,
-                self.steps,
-            )
+        adam_update(
+            self.flat_param, self.flat_grad, self.flat_slots["exp_avg"], self.flat_slots["exp_avg_sq"],
+            self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay, self.decoupled, self.steps,
+        )  # fmt: skip
 
 
 class AdamW(Adam):

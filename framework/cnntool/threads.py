@@ -1,18 +1,25 @@
-"""One setting for the number of threads, applied to numba and to BLAS alike.
+"""One setting for the number of threads.
 
 `--threads N` on the command line or CNNTOOL_THREADS=N in the environment; default: the
-number of CPUs this process may use. Set once, before the first kernel runs, so numba's pool
-and OpenBLAS's pools never compete for the same cores.
+number of CPUs this process may use. cnntool parallelises itself, over the examples of a
+batch: a batch is cut into one piece per thread and each thread runs the compiled network
+on its piece (numba kernels release the GIL). So that two thread pools never fight over the
+same cores, every BLAS library (the matrix products inside the kernels) is limited to one
+thread, and numba's own pool is set to the same count for any kernel that uses prange.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from cnntool.errors import CnntoolError
 
 THREADS_ENV = "CNNTOOL_THREADS"
 _configured: int | None = None
+_pool: ThreadPoolExecutor | None = None
 
 
 def available_cpus() -> int:
@@ -41,19 +48,36 @@ def requested_threads(threads: int | None = None) -> int:
 
 
 def set_threads(threads: int | None = None) -> int:
-    """Limit numba and every loaded BLAS to `threads` threads; returns the count applied."""
-    global _configured
+    """Use `threads` threads (None: CNNTOOL_THREADS, else all CPUs); returns the count."""
+    global _configured, _pool
     import numba
-    import scipy.linalg.cython_blas  # noqa: F401  (load the BLAS numba's np.dot calls)
     from threadpoolctl import threadpool_limits
 
-    count = min(requested_threads(threads), numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(count)
-    threadpool_limits(limits=count)
+    import cnntool.kernels.blas  # noqa: F401  (load the BLAS the kernels call, so it is limited too)
+
+    count = requested_threads(threads)
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    threadpool_limits(limits=1, user_api="blas")
+    if _pool is not None and count != _configured:
+        _pool.shutdown(wait=True)
+        _pool = None
     _configured = count
     return count
 
 
 def ensure_threads() -> int:
-    """Apply the default setting once, if nobody has chosen yet."""
+    """The configured thread count, applying the default the first time."""
     return _configured if _configured is not None else set_threads()
+
+
+def run_parallel(jobs: list[Callable[[], Any]]) -> list[Any]:
+    """Run jobs at once, the first in this thread and the others in the pool; results in
+    order. Exceptions propagate."""
+    global _pool
+    if len(jobs) == 1:
+        return [jobs[0]()]
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=max(ensure_threads() - 1, 1), thread_name_prefix="cnntool")
+    futures = [_pool.submit(job) for job in jobs[1:]]
+    first = jobs[0]()
+    return [first, *(future.result() for future in futures)]

@@ -73,8 +73,6 @@ def fit(
     Mini-batches are drawn from a permutation made by a generator seeded with `seed`, so the
     same seed (and thread count) gives the same weights.
     """
-    from cnntool.kernels.loss import softmax_cross_entropy
-
     source = BatchSource(*train, preprocessing)
     n = len(source)
     if n == 0:
@@ -86,28 +84,21 @@ def fit(
     rng = np.random.default_rng(seed)
     history = []
     n_batches = math.ceil(n / batch_size)
-    grad_buffers: dict[int, np.ndarray] = {}
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         order = rng.permutation(n)
         total_loss = 0.0
         total_correct = 0
         for index, start in enumerate(range(0, n, batch_size)):
-            size = min(batch_size, n - start)
-            xb, yb = source.batch(order, start, size)
-            logits = net.run_forward(xb, training=True, stop=net.head)
-            grad = grad_buffers.get(size)
-            if grad is None:
-                grad = grad_buffers[size] = np.empty((size, logits.shape[1]), np.float32)
-            loss, correct = softmax_cross_entropy(logits, yb, grad)
+            xb, yb = source.batch(order, start, min(batch_size, n - start))
+            loss, correct = net.train_step(xb, yb)
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"training diverged: the loss is {loss} at epoch {epoch}, batch {index + 1}; "
                     "lower the learning rate (--lr)"
                 )
-            net.run_backward(grad, need_input_grad=False, start=net.head)
             optimizer.step()
-            total_loss += loss * size
+            total_loss += loss
             total_correct += correct
             if on_batch is not None:
                 on_batch(index + 1, n_batches)
@@ -138,8 +129,6 @@ def evaluate(
 
 
 def score(net: Any, source: BatchSource, *, batch_size: int = 256) -> dict[str, Any]:
-    from cnntool.kernels.loss import softmax_cross_entropy
-
     n = len(source)
     order = np.arange(n)
     predictions = np.empty(n, np.int64)
@@ -148,11 +137,8 @@ def score(net: Any, source: BatchSource, *, batch_size: int = 256) -> dict[str, 
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
         xb, yb = source.batch(order, start, size)
-        logits = net.run_forward(xb, stop=net.head)
-        grad = np.empty_like(logits)
-        loss, correct = softmax_cross_entropy(logits, yb, grad)
-        predictions[start : start + size] = logits.argmax(axis=1)
-        total_loss += loss * size
+        loss, correct = net.evaluate_batch(xb, yb, predictions[start : start + size])
+        total_loss += loss
         total_correct += correct
     return {
         "loss": total_loss / n if n else float("nan"),

@@ -106,14 +106,17 @@ def root(
 
 
 def register() -> None:
-    from cnntool.cli import evaluate, infer, inspect, layers, train
+    from cnntool.cli import evaluate, infer, inspect, layers, plugin, serve, train
 
     app.command("train")(user_errors(train.train))
     app.command("inspect")(user_errors(inspect.inspect))
     app.command("infer")(user_errors(infer.infer))
     app.command("eval")(user_errors(evaluate.evaluate))
+    app.command("serve")(user_errors(serve.serve))
     app.command("layers")(user_errors(layers.layers))
     app.command("schema")(user_errors(layers.schema))
+    plugin.app.command("check")(user_errors(plugin.check))
+    app.add_typer(plugin.app, name="plugin")
 
 
 register()

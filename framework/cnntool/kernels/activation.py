@@ -4,7 +4,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def relu_forward(x, out):
     """out = max(x, 0)."""
     src = x.reshape(x.size)
@@ -15,7 +15,7 @@ def relu_forward(x, out):
         dst[i] = v if v > zero else zero
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def relu_backward(grad_out, out, grad_x):
     """dx = grad_out where the output was positive, else 0."""
     g = grad_out.reshape(grad_out.size)
@@ -26,7 +26,7 @@ def relu_backward(grad_out, out, grad_x):
         dst[i] = g[i] if y[i] > zero else zero
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def softmax_forward(x, out):
     """out[n] = exp(x[n] - max x[n]) / sum exp(x[n] - max x[n]) (stable for any logits)."""
     for n in range(x.shape[0]):
@@ -43,7 +43,7 @@ def softmax_forward(x, out):
             out[n, k] *= inv
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def softmax_backward(grad_out, out, grad_x):
     """dx = y * (g - sum_k g_k y_k), the softmax Jacobian applied to g."""
     for n in range(out.shape[0]):

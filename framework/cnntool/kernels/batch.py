@@ -4,7 +4,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def gather_batch(images, labels, order, start, scale, mean, inv_std, out, out_labels):
     """out[b] = (images[order[start + b]] * scale - mean) * inv_std, as float32."""
     per_image = out.size // out.shape[0]

@@ -4,15 +4,16 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, fastmath=True)
-def softmax_cross_entropy(logits, labels, grad):
-    """Mean of -log softmax(logits)[label]; grad = (softmax(logits) - onehot(label)) / N.
+@njit(cache=True, fastmath=True, nogil=True)
+def softmax_cross_entropy(logits, labels, grad, grad_scale):
+    """Sum over rows of -log softmax(logits)[label]; grad = (softmax(logits) - onehot(label))
+    * grad_scale (1/N for the mean over a batch of N).
 
     Uses log-sum-exp around the row maximum, so no logit overflows. Returns
-    (mean loss, number of rows whose largest logit is the label).
+    (summed loss, number of rows whose largest logit is the label).
     """
     n_rows, n_classes = logits.shape
-    inv_n = np.float32(1.0) / np.float32(n_rows)
+    scale = np.float32(grad_scale)
     total = 0.0
     correct = 0
     for n in range(n_rows):
@@ -30,10 +31,22 @@ def softmax_cross_entropy(logits, labels, grad):
             e = np.exp(logits[n, k] - top)
             grad[n, k] = e
             sum_exp += e
-        log_sum = np.log(sum_exp)
-        total += log_sum - (logits[n, label] - top)
-        scale = inv_n / sum_exp
+        total += np.log(sum_exp) - (logits[n, label] - top)
+        inv = scale / sum_exp
         for k in range(n_classes):
-            grad[n, k] *= scale
-        grad[n, label] -= inv_n
-    return total / n_rows, correct
+            grad[n, k] *= inv
+        grad[n, label] -= scale
+    return total, correct
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def argmax_rows(logits, out):
+    """out[n] = index of the largest logit of row n (the first one on ties)."""
+    for n in range(logits.shape[0]):
+        best = 0
+        top = logits[n, 0]
+        for k in range(1, logits.shape[1]):
+            if logits[n, k] > top:
+                top = logits[n, k]
+                best = k
+        out[n] = best

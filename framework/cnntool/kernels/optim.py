@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def sgd_update(param, grad, velocity, lr, momentum, dampening, weight_decay, nesterov, first):
     """g = grad + wd*p; v = g (first step) or momentum*v + (1 - dampening)*g;
     p -= lr * (g + momentum*v if nesterov else v); without momentum p -= lr * g."""
@@ -28,7 +28,7 @@ def sgd_update(param, grad, velocity, lr, momentum, dampening, weight_decay, nes
         p[i] -= lr32 * g
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled, step):
     """Adam (decoupled=False: g += wd*p) and AdamW (decoupled=True: p *= 1 - lr*wd):
     m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;

@@ -5,15 +5,33 @@ hyperparameters; `build(input_shape, rng)` checks the input shape, allocates the
 and returns the output shape. Shapes never include the batch axis: an image layer sees
 `(C, H, W)`, a dense layer `(features,)`.
 
+A layer computes with kernels (numba functions in `cnntool.kernels`). It can say which
+kernels it calls, on which arrays, instead of writing `forward`/`backward` itself:
+
+    def buffers(self):            # per-example arrays: outputs, saved values, input gradients
+        return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
+    def forward_calls(self, training):
+        return [(relu_forward, (X, buf("out")))]
+    def backward_calls(self, need_grad_x):
+        return [(relu_backward, (GRAD_OUT, buf("out"), buf("grad_x")))]
+
+Declared once, those calls run in two ways: one by one from Python (`Layer.forward`,
+`Layer.backward` below), or compiled together with every other layer's calls into a single
+numba function per network (`cnntool.plan`), which is what makes small networks fast.
+A layer that writes `forward`/`backward` by hand instead still works everywhere; networks
+containing one simply run layer by layer.
+
 `forward` and `backward` return arrays the layer owns and reuses on the next call with the
 same batch size, so a training step allocates nothing; copy a result to keep it.
-`backward` overwrites `grads` (it does not accumulate).
+`backward` overwrites `grads` (it does not accumulate). Parameters may be moved into one
+flat array of the network after `build`: always reach them through `self.params[...]`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +39,46 @@ from pydantic import BaseModel, ConfigDict, Field
 from cnntool.errors import SpecError
 
 Shape = tuple[int, ...]
+
+
+class Ref(NamedTuple):
+    """An array named in a kernel call: the layer's input `x`, the incoming `grad_out`, or a
+    parameter, gradient, state, per-example buffer or scratch array by name."""
+
+    kind: str
+    name: str = ""
+
+
+class Array(NamedTuple):
+    """Shape (without the batch axis, for buffers) and dtype of an array a layer needs."""
+
+    shape: Shape
+    dtype: Any = np.float32
+
+
+Call = tuple[Callable, tuple[Any, ...]]
+X = Ref("x")
+GRAD_OUT = Ref("grad_out")
+
+
+def param(name: str) -> Ref:
+    return Ref("param", name)
+
+
+def grad(name: str) -> Ref:
+    return Ref("grad", name)
+
+
+def state(name: str) -> Ref:
+    return Ref("state", name)
+
+
+def buf(name: str) -> Ref:
+    return Ref("buf", name)
+
+
+def scratch(name: str) -> Ref:
+    return Ref("scratch", name)
 
 
 class ShapeError(SpecError):
@@ -46,6 +104,14 @@ class Layer:
     """Base class of every layer type, built-in or from a plugin."""
 
     Config: ClassVar[type[LayerConfig]] = LayerConfig
+    # Where forward and backward leave their results, for layers that declare kernel calls.
+    forward_result: ClassVar[Ref] = buf("out")
+    backward_result: ClassVar[Ref] = buf("grad_x")
+    # True for layers whose output is their input reshaped (flatten): no kernel, no copy.
+    view: ClassVar[bool] = False
+    # False for layers whose result for one example depends on the others in the batch
+    # (batch statistics): their networks are never split across threads by examples.
+    per_example: ClassVar[bool] = True
 
     def __init__(self, config: LayerConfig) -> None:
         self.config = config
@@ -104,13 +170,75 @@ class Layer:
         self._buffers = {}
         return self.output_shape
 
+    # --- kernels ---------------------------------------------------------------------------
+
+    def buffers(self) -> dict[str, Array]:
+        """Per-example arrays the kernel calls use, by name (shapes without the batch axis)."""
+        return {}
+
+    def scratch_arrays(self) -> dict[str, Array]:
+        """Fixed-size working arrays the kernel calls use, by name (no batch axis)."""
+        return {}
+
+    def forward_calls(self, training: bool) -> list[Call] | None:
+        """The kernel calls of the forward pass, or None if `forward` is written by hand."""
+        return None
+
+    def backward_calls(self, need_grad_x: bool) -> list[Call] | None:
+        """The kernel calls of the backward pass; with need_grad_x false the layer may skip
+        computing its input gradient (it is the first layer)."""
+        return None
+
     # --- computing -------------------------------------------------------------------------
 
     def forward(self, x: np.ndarray, *, training: bool = False) -> np.ndarray:
-        raise NotImplementedError
+        """Run the declared forward kernels; returns the output buffer."""
+        self._x = x
+        if self.view:
+            return x.reshape(x.shape[0], *self.output_shape)
+        calls = self.forward_calls(training)
+        if calls is None:
+            raise NotImplementedError(f"{type(self).__name__} defines neither forward() nor forward_calls()")
+        return self._run(calls, x.shape[0], self.forward_result, x, None)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Run the declared backward kernels; returns the input-gradient buffer."""
+        if self.view:
+            return grad_out.reshape(grad_out.shape[0], *self.input_shape)
+        calls = self.backward_calls(self.need_input_grad)
+        if calls is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} defines neither backward() nor backward_calls()"
+            )
+        return self._run(calls, grad_out.shape[0], self.backward_result, self._x, grad_out)
+
+    def _run(
+        self, calls: list[Call], n: int, result: Ref, x: np.ndarray, grad_out: np.ndarray | None
+    ) -> np.ndarray:
+        def resolve(arg: Any) -> Any:
+            if not isinstance(arg, Ref):
+                return arg
+            if arg.kind == "x":
+                return x
+            if arg.kind == "grad_out":
+                return grad_out
+            if arg.kind == "param":
+                return self.params[arg.name]
+            if arg.kind == "grad":
+                return self.grads[arg.name]
+            if arg.kind == "state":
+                return self.state[arg.name]
+            if arg.kind == "buf":
+                spec = self.buffers()[arg.name]
+                return self.buffer(arg.name, (n, *spec.shape), spec.dtype)
+            if arg.kind == "scratch":
+                spec = self.scratch_arrays()[arg.name]
+                return self.buffer("scratch:" + arg.name, tuple(spec.shape), spec.dtype)
+            raise ValueError(f"unknown array reference {arg}")
+
+        for kernel, args in calls:
+            kernel(*(resolve(arg) for arg in args))
+        return resolve(result)
 
     def flops(self, input_shape: Shape) -> int:
         """Floating-point operations of one forward pass for one example (a multiply-add is 2)."""
@@ -121,7 +249,7 @@ class Layer:
     def buffer(self, key: str, shape: Shape, dtype: Any = np.float32) -> np.ndarray:
         """A scratch or output array kept between calls; reallocated only when its shape changes."""
         array = self._buffers.get(key)
-        if array is None or array.shape != shape:
+        if array is None or array.shape != shape or array.dtype != dtype:
             array = np.empty(shape, dtype)
             self._buffers[key] = array
         return array

@@ -7,15 +7,28 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from cnntool.kernels import conv as kernels
+from cnntool.kernels.conv import (
+    conv2d_backward,
+    conv2d_backward_shifted,
+    conv2d_forward,
+    conv2d_forward_shifted,
+)
 from cnntool.layers.base import (
+    GRAD_OUT,
     INITIALIZERS,
+    Array,
+    Call,
     Layer,
     LayerConfig,
     Shape,
     ShapeError,
+    X,
+    buf,
     expect_image,
+    grad,
     pair,
+    param,
+    scratch,
 )
 
 PositiveSize = Annotated[int, Field(ge=1, le=4096)]
@@ -95,65 +108,73 @@ class Conv2D(Layer):
             return INITIALIZERS[self.config.init](shape, rng)
         return np.zeros(shape, np.float32)
 
-    def build(self, input_shape: Shape, rng: np.random.Generator | None) -> Shape:
-        output_shape = super().build(input_shape, rng)
-        self._pads = self.padding(self.input_shape)
-        self._strides = pair(self.config.stride)
-        # Stands in for the bias when use_bias is false, so the kernels keep one signature.
-        self._no_bias = np.zeros(self.config.filters, np.float32)
-        return output_shape
+    # Stride 1 uses the shifted products (no im2col copy); other strides use im2col.
 
-    def forward(self, x: np.ndarray, *, training: bool = False) -> np.ndarray:
-        n = x.shape[0]
+    @property
+    def shifted(self) -> bool:
+        return pair(self.config.stride) == (1, 1)
+
+    @property
+    def rows(self) -> int:
+        """Rows of the im2col matrix: input channels x kernel height x kernel width."""
+        kh, kw = pair(self.config.kernel_size)
+        return self.input_shape[0] * kh * kw
+
+    def buffers(self) -> dict[str, Array]:
+        arrays = {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
+        if not self.shifted:
+            _, oh, ow = self.output_shape
+            # Each image's im2col columns, kept from forward for the weight gradient.
+            arrays["cols"] = Array((self.rows, oh * ow))
+        return arrays
+
+    def scratch_arrays(self) -> dict[str, Array]:
         filters, oh, ow = self.output_shape
-        weight = self.params["weight"]
-        rows = weight.shape[1] * weight.shape[2] * weight.shape[3]
-        cols = self.buffer("cols", (rows, n * oh * ow))
-        out_cols = self.buffer("out_cols", (filters, n * oh * ow))
-        out = self.buffer("out", (n, filters, oh, ow))
-        sh, sw = self._strides
-        top, left = self._pads[0], self._pads[1]
-        kernels.conv2d_forward(
-            x,
-            weight,
-            self.params.get("bias", self._no_bias),
-            self.config.use_bias,
-            sh,
-            sw,
-            top,
-            left,
-            cols,
-            out_cols,
-            out,
-        )
-        return out
+        channels, height, width = self.input_shape
+        kh, kw = pair(self.config.kernel_size)
+        top, left, bottom, right = self.padding(self.input_shape)
+        if self.shifted:
+            padded = Array((channels, height + top + bottom, width + left + right))
+            arrays = {
+                "taps": Array((kh * kw, filters, channels)),
+                "tap_grads": Array((kh * kw, filters, channels)),
+                "padded": padded,
+                "padded_grad": padded,
+                "full": Array((filters, oh * padded.shape[2])),
+            }
+        else:
+            arrays = {"grad_cols": Array((self.rows, oh * ow)), "weight_step": Array((filters, self.rows))}
+        if not self.config.use_bias:
+            arrays["no_bias"] = Array((filters,))
+        return arrays
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        n = grad_out.shape[0]
-        weight = self.params["weight"]
-        cols = self._buffers["cols"]
-        grad_cols_out = self.buffer("grad_cols_out", (weight.shape[0], cols.shape[1]))
-        grad_cols = self.buffer("grad_cols", cols.shape)
-        grad_x = self.buffer("grad_x", (n, *self.input_shape))
-        sh, sw = self._strides
-        top, left = self._pads[0], self._pads[1]
-        kernels.conv2d_backward(
-            grad_out,
-            weight,
-            cols,
-            self.config.use_bias,
-            self.need_input_grad,
-            sh,
-            sw,
-            top,
-            left,
-            grad_cols_out,
-            grad_cols,
-            self.grads["weight"],
-            self.grads.get("bias", self._no_bias),
-            grad_x,
-        )
-        return grad_x
+    def forward_calls(self, training: bool) -> list[Call]:
+        sh, sw = pair(self.config.stride)
+        top, left, _, _ = self.padding(self.input_shape)
+        bias = param("bias") if self.config.use_bias else scratch("no_bias")
+        if self.shifted:
+            args = (X, param("weight"), bias, self.config.use_bias, top, left,
+                    scratch("taps"), scratch("padded"), scratch("full"), buf("out"))  # fmt: skip
+            return [(conv2d_forward_shifted, args)]
+        args = (X, param("weight"), bias, self.config.use_bias, sh, sw, top, left, buf("cols"), buf("out"))
+        return [(conv2d_forward, args)]
+
+    def backward_calls(self, need_grad_x: bool) -> list[Call]:
+        sh, sw = pair(self.config.stride)
+        top, left, _, _ = self.padding(self.input_shape)
+        grad_bias = grad("bias") if self.config.use_bias else scratch("no_bias")
+        if self.shifted:
+            args = (
+                GRAD_OUT, X, param("weight"), self.config.use_bias, need_grad_x, top, left,
+                scratch("taps"), scratch("tap_grads"), scratch("padded"), scratch("padded_grad"),
+                scratch("full"), grad("weight"), grad_bias, buf("grad_x"),
+            )  # fmt: skip
+            return [(conv2d_backward_shifted, args)]
+        args = (
+            GRAD_OUT, param("weight"), buf("cols"), self.config.use_bias, need_grad_x, sh, sw, top, left,
+            scratch("grad_cols"), scratch("weight_step"), grad("weight"), grad_bias, buf("grad_x"),
+        )  # fmt: skip
+        return [(conv2d_backward, args)]
 
     def flops(self, input_shape: Shape) -> int:
         filters, oh, ow = self.compute_output_shape(input_shape)

@@ -7,8 +7,22 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from cnntool.kernels import dense as kernels
-from cnntool.layers.base import INITIALIZERS, Layer, LayerConfig, Shape, ShapeError
+from cnntool.kernels.dense import dense_backward, dense_forward
+from cnntool.layers.base import (
+    GRAD_OUT,
+    INITIALIZERS,
+    Array,
+    Call,
+    Layer,
+    LayerConfig,
+    Shape,
+    ShapeError,
+    X,
+    buf,
+    grad,
+    param,
+    scratch,
+)
 
 
 class DenseConfig(LayerConfig):
@@ -43,36 +57,34 @@ class Dense(Layer):
             return INITIALIZERS[self.config.init](shape, rng)
         return np.zeros(shape, np.float32)
 
-    def build(self, input_shape: Shape, rng: np.random.Generator | None) -> Shape:
-        output_shape = super().build(input_shape, rng)
-        self._no_bias = np.zeros(self.config.units, np.float32)
-        return output_shape
+    def buffers(self) -> dict[str, Array]:
+        return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
 
-    def forward(self, x: np.ndarray, *, training: bool = False) -> np.ndarray:
-        out = self.buffer("out", (x.shape[0], self.config.units))
-        kernels.dense_forward(
-            x,
-            self.params["weight"],
-            self.params.get("bias", self._no_bias),
-            self.config.use_bias,
-            out,
-        )
-        self._x = x
-        return out
+    def scratch_arrays(self) -> dict[str, Array]:
+        # Stands in for the bias (and its gradient) when use_bias is false.
+        return {} if self.config.use_bias else {"no_bias": Array((self.config.units,))}
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        grad_x = self.buffer("grad_x", self._x.shape)
-        kernels.dense_backward(
-            grad_out,
-            self._x,
-            self.params["weight"],
-            self.config.use_bias,
-            self.need_input_grad,
-            self.grads["weight"],
-            self.grads.get("bias", self._no_bias),
-            grad_x,
-        )
-        return grad_x
+    def forward_calls(self, training: bool) -> list[Call]:
+        bias = param("bias") if self.config.use_bias else scratch("no_bias")
+        return [(dense_forward, (X, param("weight"), bias, self.config.use_bias, buf("out")))]
+
+    def backward_calls(self, need_grad_x: bool) -> list[Call]:
+        grad_bias = grad("bias") if self.config.use_bias else scratch("no_bias")
+        return [
+            (
+                dense_backward,
+                (
+                    GRAD_OUT,
+                    X,
+                    param("weight"),
+                    self.config.use_bias,
+                    need_grad_x,
+                    grad("weight"),
+                    grad_bias,
+                    buf("grad_x"),
+                ),
+            )
+        ]
 
     def flops(self, input_shape: Shape) -> int:
         return 2 * input_shape[0] * self.config.units + (self.config.units if self.config.use_bias else 0)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import numpy as np
-
 from cnntool.layers.base import Layer, LayerConfig, Shape
 
 
@@ -19,12 +17,7 @@ class Flatten(Layer):
     because a C-contiguous reshape moves no data."""
 
     Config = FlattenConfig
+    view = True
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         return (math.prod(input_shape),)
-
-    def forward(self, x: np.ndarray, *, training: bool = False) -> np.ndarray:
-        return x.reshape(x.shape[0], -1)
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        return grad_out.reshape(grad_out.shape[0], *self.input_shape)

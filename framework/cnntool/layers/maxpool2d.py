@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import numpy as np
 from pydantic import Field
 
-from cnntool.kernels import pool as kernels
-from cnntool.layers.base import Layer, LayerConfig, Shape, ShapeError, expect_image, pair
+from cnntool.kernels.pool import maxpool2d_backward, maxpool2d_forward
+from cnntool.layers.base import (
+    GRAD_OUT,
+    Array,
+    Call,
+    Layer,
+    LayerConfig,
+    Shape,
+    ShapeError,
+    X,
+    buf,
+    expect_image,
+    pair,
+)
 
 Size = Annotated[int, Field(ge=1, le=4096)]
 
@@ -44,18 +55,18 @@ class MaxPool2D(Layer):
             )
         return (channels, (height - ph) // sh + 1, (width - pw) // sw + 1)
 
-    def forward(self, x: np.ndarray, *, training: bool = False) -> np.ndarray:
-        shape = (x.shape[0], *self.output_shape)
-        out = self.buffer("out", shape)
-        argmax = self.buffer("argmax", shape, np.int32)
-        ph, pw, sh, sw = self.window
-        kernels.maxpool2d_forward(x, ph, pw, sh, sw, out, argmax)
-        return out
+    def buffers(self) -> dict[str, Array]:
+        return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        grad_x = self.buffer("grad_x", (grad_out.shape[0], *self.input_shape))
-        kernels.maxpool2d_backward(grad_out, self._buffers["argmax"], grad_x)
-        return grad_x
+    def forward_calls(self, training: bool) -> list[Call]:
+        ph, pw, sh, sw = self.window
+        return [(maxpool2d_forward, (X, ph, pw, sh, sw, buf("out")))]
+
+    def backward_calls(self, need_grad_x: bool) -> list[Call]:
+        if not need_grad_x:
+            return []
+        ph, pw, sh, sw = self.window
+        return [(maxpool2d_backward, (GRAD_OUT, X, buf("out"), ph, pw, sh, sw, buf("grad_x")))]
 
     def flops(self, input_shape: Shape) -> int:
         ph, pw = pair(self.config.pool_size)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import numpy as np
-
-from cnntool.kernels import activation as kernels
-from cnntool.layers.base import Layer, LayerConfig, Shape
+from cnntool.kernels.activation import relu_backward, relu_forward
+from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Shape, X, buf
 
 
 class ReLUConfig(LayerConfig):
@@ -20,15 +18,16 @@ class ReLU(Layer):
 
     Config = ReLUConfig
 
-    def forward(self, x: np.ndarray, *, training: bool = False) -> np.ndarray:
-        out = self.buffer("out", x.shape)
-        kernels.relu_forward(x, out)
-        return out
+    def buffers(self) -> dict[str, Array]:
+        return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        grad_x = self.buffer("grad_x", grad_out.shape)
-        kernels.relu_backward(grad_out, self._buffers["out"], grad_x)
-        return grad_x
+    def forward_calls(self, training: bool) -> list[Call]:
+        return [(relu_forward, (X, buf("out")))]
+
+    def backward_calls(self, need_grad_x: bool) -> list[Call]:
+        if not need_grad_x:
+            return []
+        return [(relu_backward, (GRAD_OUT, buf("out"), buf("grad_x")))]
 
     def flops(self, input_shape: Shape) -> int:
         return math.prod(input_shape)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
-
-from cnntool.kernels import activation as kernels
-from cnntool.layers.base import Layer, LayerConfig, Shape, ShapeError
+from cnntool.kernels.activation import softmax_backward, softmax_forward
+from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Shape, ShapeError, X, buf
 
 
 class SoftmaxConfig(LayerConfig):
@@ -31,15 +29,16 @@ class Softmax(Layer):
             )
         return input_shape
 
-    def forward(self, x: np.ndarray, *, training: bool = False) -> np.ndarray:
-        out = self.buffer("out", x.shape)
-        kernels.softmax_forward(x, out)
-        return out
+    def buffers(self) -> dict[str, Array]:
+        return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        grad_x = self.buffer("grad_x", grad_out.shape)
-        kernels.softmax_backward(grad_out, self._buffers["out"], grad_x)
-        return grad_x
+    def forward_calls(self, training: bool) -> list[Call]:
+        return [(softmax_forward, (X, buf("out")))]
+
+    def backward_calls(self, need_grad_x: bool) -> list[Call]:
+        if not need_grad_x:
+            return []
+        return [(softmax_backward, (GRAD_OUT, buf("out"), buf("grad_x")))]
 
     def flops(self, input_shape: Shape) -> int:
         return 4 * input_shape[0]

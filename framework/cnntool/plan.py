@@ -1,0 +1,412 @@
+"""Compiling a network: every layer's kernel calls in one numba function.
+
+When every layer of a network declares its kernel calls (`forward_calls`, `backward_calls`
+in cnntool.layers.base), the network is turned into a small Python module, generated as
+text, holding five @njit functions (each also takes the flat arrays described below):
+
+    predict(x, probs)                      softmax probabilities into probs
+    forward(x, training)                   the last layer's output
+    backward(grad, x)                      the input gradient, after forward(x, True)
+    evaluate(x, labels, predictions)       (loss sum, correct), predicted classes
+    train_step(x, labels, grad_scale)      forward, loss from the logits, backward:
+                                           (loss sum, correct), gradients filled
+
+Every array they use is a view into a few flat arrays: the network's parameters, gradients
+and state, a per-example workspace (`ws` float32, `iws` int32, sized for the batch at hand)
+and fixed scratch (`sws`, `siws`). A training step is then one call from Python instead of
+twenty, and numba compiles and caches it like any other kernel. The module is written to
+the plan cache (CNNTOOL_CACHE_DIR, else ~/.cache/cnntool) under a name derived from its
+text, so the same network shape reuses the same compiled code in every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from cnntool.layers.base import Array, Layer, Ref
+
+CACHE_ENV = "CNNTOOL_CACHE_DIR"
+ALIGN = 16  # floats: keeps every array 64-byte aligned
+
+
+def align(size: int) -> int:
+    return -(-size // ALIGN) * ALIGN
+
+
+def aligned_zeros(size: int, dtype: Any = np.float32) -> np.ndarray:
+    """A zeroed 1-D array whose first element sits on a 64-byte boundary."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.zeros(size + 64 // itemsize, dtype)
+    skip = (-raw.ctypes.data % 64) // itemsize
+    return raw[skip : skip + size]
+
+
+def cache_dir() -> Path:
+    """Where generated plans (and numba's cache of them) live."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cnntool"
+
+
+@dataclass
+class Slot:
+    """Where one array lives: in which flat array, at which offset, with which shape."""
+
+    pool: str
+    offset: int
+    shape: tuple[int, ...]
+    per_example: bool
+
+
+@dataclass
+class Layout:
+    """Offsets of every array in the flat pools; per-example offsets scale with the batch."""
+
+    slots: dict[str, Slot] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=lambda: {"ws": 0, "iws": 0, "sws": 0, "siws": 0})
+
+    def add(self, name: str, array: Array, per_example: bool) -> str:
+        integer = np.dtype(array.dtype) == np.int32
+        if not integer and np.dtype(array.dtype) != np.float32:
+            raise TypeError(f"{name}: plan arrays must be float32 or int32, not {np.dtype(array.dtype)}")
+        pool = ("iws" if integer else "ws") if per_example else ("siws" if integer else "sws")
+        self.slots[name] = Slot(pool, self.sizes[pool], tuple(array.shape), per_example)
+        self.sizes[pool] += align(math.prod(array.shape))
+        return name
+
+
+def fusable(layers: list[Layer]) -> bool:
+    """True when every layer declares its kernels (or is a view) with importable kernels."""
+    for layer in layers:
+        if layer.view:
+            continue
+        for calls in (layer.forward_calls(True), layer.forward_calls(False), layer.backward_calls(True)):
+            if calls is None:
+                return False
+            for kernel, _ in calls:
+                module = sys.modules.get(getattr(kernel, "__module__", ""), None)
+                if module is None or getattr(module, getattr(kernel, "__name__", ""), None) is not kernel:
+                    return False
+    return True
+
+
+class Generator:
+    """Writes the plan module's source for one network."""
+
+    def __init__(self, net: Any) -> None:
+        self.net = net
+        self.layout = Layout()
+        self.kernels: dict[Any, str] = {}
+        self.lines: list[str] = []
+        for index, layer in enumerate(net.layers):
+            for name, array in layer.buffers().items():
+                self.layout.add(f"L{index}_{name}", array, per_example=True)
+            for name, array in layer.scratch_arrays().items():
+                self.layout.add(f"T{index}_{name}", array, per_example=False)
+        classes = net.output_shape[0]
+        self.layout.add("grad_logits", Array((classes,)), per_example=True)
+
+    def kernel(self, function: Any) -> str:
+        if function not in self.kernels:
+            self.kernels[function] = f"k{len(self.kernels)}_{function.__name__}"
+        return self.kernels[function]
+
+    def ref(self, index: int, ref: Ref, x: str, grad_out: str) -> str:
+        """The variable standing for a reference made by layer `index`."""
+        layer = self.net.layers[index]
+        if ref.kind == "x":
+            return x
+        if ref.kind == "grad_out":
+            return grad_out
+        if ref.kind in ("param", "grad", "state"):
+            return self.flat_view(ref.kind, f"{layer.name}.{ref.name}")
+        if ref.kind == "buf":
+            return f"L{index}_{ref.name}"
+        if ref.kind == "scratch":
+            return f"T{index}_{ref.name}"
+        raise ValueError(f"unknown reference {ref}")
+
+    def flat_view(self, kind: str, key: str) -> str:
+        return f"{kind[0].upper()}_{key.replace('.', '__').replace('-', '_')}"
+
+    def emit_calls(self, index: int, calls: list, x: str, grad_out: str, indent: str) -> list[str]:
+        lines = []
+        for function, args in calls:
+            text = ", ".join(
+                self.ref(index, arg, x, grad_out) if isinstance(arg, Ref) else literal(arg) for arg in args
+            )
+            lines.append(f"{indent}{self.kernel(function)}({text})")
+        return lines
+
+    def forward_lines(
+        self, stop: int, training: bool, indent: str, compute: bool = True
+    ) -> tuple[list[str], list[str]]:
+        """Lines running layers[:stop] forward (only naming the views when not `compute`);
+        also returns each layer's input variable and, last, the output variable."""
+        lines: list[str] = []
+        inputs = []
+        current = "x"
+        for index, layer in enumerate(self.net.layers[:stop]):
+            inputs.append(current)
+            lines.append(f"{indent}# {index}: {layer.name} ({layer.config.type}) -> {layer.output_shape}")
+            if layer.view:
+                lines.append(f"{indent}V{index} = {current}.reshape((n, {shape_text(layer.output_shape)}))")
+                current = f"V{index}"
+                continue
+            if compute:
+                lines += self.emit_calls(index, layer.forward_calls(training), current, "", indent)
+            current = self.ref(index, layer.forward_result, current, "")
+        return lines, [*inputs, current]
+
+    def backward_lines(
+        self, stop: int, inputs: list[str], grad: str, need_grad_x: bool, indent: str
+    ) -> list[str]:
+        lines: list[str] = []
+        current = grad
+        for index in reversed(range(stop)):
+            layer = self.net.layers[index]
+            lines.append(f"{indent}# {index}: {layer.name} backward")
+            if layer.view:
+                lines.append(f"{indent}GV{index} = {current}.reshape((n, {shape_text(layer.input_shape)}))")
+                current = f"GV{index}"
+                continue
+            wanted = need_grad_x or index > 0
+            lines += self.emit_calls(index, layer.backward_calls(wanted), inputs[index], current, indent)
+            if wanted:
+                current = self.ref(index, layer.backward_result, inputs[index], current)
+        return lines
+
+    def views(self, indent: str) -> list[str]:
+        lines = []
+        for kind, pool, offsets in (
+            ("param", "params", self.net.param_offsets),
+            ("grad", "grads", self.net.param_offsets),
+            ("state", "state", self.net.state_offsets),
+        ):
+            for key, (offset, shape) in offsets.items():
+                size = math.prod(shape)
+                lines.append(
+                    f"{indent}{self.flat_view(kind, key)} = {pool}[{offset}:{offset + size}]"
+                    f".reshape(({shape_text(shape)}))"
+                )
+        for name, slot in self.layout.slots.items():
+            size = math.prod(slot.shape)
+            if slot.per_example:
+                lines.append(
+                    f"{indent}{name} = {slot.pool}[n * {slot.offset}:n * {slot.offset + size}]"
+                    f".reshape((n, {shape_text(slot.shape)}))"
+                )
+            else:
+                lines.append(
+                    f"{indent}{name} = {slot.pool}[{slot.offset}:{slot.offset + size}]"
+                    f".reshape(({shape_text(slot.shape)}))"
+                )
+        return lines
+
+    def source(self) -> str:
+        net = self.net
+        head = net.head
+        ind = "    "
+        arrays = "params, grads, state, ws, iws, sws, siws"
+        body: list[str] = []
+
+        predict, outs = self.forward_lines(head, False, ind)
+        body += ["", "@njit(cache=True, nogil=True)", f"def predict(x, probs, {arrays}):",
+                 f'{ind}"""Class probabilities of x (N, C, H, W) into probs (N, classes)."""',
+                 f"{ind}n = x.shape[0]", *self.views(ind), *predict,
+                 f"{ind}{self.kernel(softmax_forward())}({outs[-1]}, probs)"]  # fmt: skip
+
+        body += ["", "@njit(cache=True, nogil=True)", f"def forward(x, training, {arrays}):",
+                 f'{ind}"""The last layer\'s output for x, in training or inference mode."""',
+                 f"{ind}n = x.shape[0]", *self.views(ind), f"{ind}if training:"]  # fmt: skip
+        lines, outs_train = self.forward_lines(len(net.layers), True, ind * 2)
+        body += [*lines, f"{ind * 2}return {outs_train[-1]}"]
+        lines, outs_infer = self.forward_lines(len(net.layers), False, ind)
+        body += [*lines, f"{ind}return {outs_infer[-1]}"]
+
+        views, saved = self.forward_lines(len(net.layers), True, ind, compute=False)
+        body += ["", "@njit(cache=True, nogil=True)", f"def backward(grad, x, {arrays}):",
+                 f'{ind}"""dL/dx from dL/d(output) after a forward in training mode; fills every',
+                 f'{ind}parameter gradient."""',
+                 f"{ind}n = x.shape[0]", *self.views(ind), *views,
+                 *self.backward_lines(len(net.layers), saved[:-1], "grad", True, ind),
+                 f"{ind}return {self.final_grad(len(net.layers), 'grad')}"]  # fmt: skip
+
+        lines, outs = self.forward_lines(head, True, ind)
+        loss = self.kernel(loss_kernel())
+        body += ["", "@njit(cache=True, nogil=True)", f"def train_step(x, labels, grad_scale, {arrays}):",
+                 f'{ind}"""Forward, softmax cross-entropy from the logits, backward; returns the summed',
+                 f'{ind}loss and the number of correct predictions. Gradients are scaled by grad_scale."""',
+                 f"{ind}n = x.shape[0]", *self.views(ind), *lines,
+                 f"{ind}loss, correct = {loss}({outs[-1]}, labels, grad_logits, grad_scale)",
+                 *self.backward_lines(head, outs[:-1], "grad_logits", False, ind),
+                 f"{ind}return loss, correct"]  # fmt: skip
+
+        lines, outs = self.forward_lines(head, False, ind)
+        body += ["", "@njit(cache=True, nogil=True)", f"def evaluate(x, labels, predictions, {arrays}):",
+                 f'{ind}"""Summed loss and correct count of x in inference mode; the predicted class',
+                 f'{ind}of every row goes to predictions."""',
+                 f"{ind}n = x.shape[0]", *self.views(ind), *lines,
+                 f"{ind}{self.kernel(argmax_kernel())}({outs[-1]}, predictions)",
+                 f"{ind}return {loss}({outs[-1]}, labels, grad_logits, 0.0)"]  # fmt: skip
+
+        imports = [
+            f"from {fn.__module__} import {fn.__name__} as {alias}" for fn, alias in self.kernels.items()
+        ]
+        header = [
+            f'"""Generated by cnntool.plan for network {net.name!r}; do not edit."""',
+            "",
+            # numba does not notice when a kernel this module calls changes: a new digest of
+            # the kernels' sources gives the module a new name, hence a fresh compile.
+            f"# kernels: {kernel_sources_digest(self.kernels)}",
+            "",
+            "from numba import njit",
+            "",
+            *sorted(imports),
+            "",
+        ]
+        return "\n".join(header + body) + "\n"
+
+    def final_grad(self, stop: int, grad: str) -> str:
+        """The variable holding dL/dx after backward_lines."""
+        layer = self.net.layers[0]
+        if layer.view:
+            return "GV0"
+        return self.ref(0, layer.backward_result, "x", grad)
+
+
+def kernel_sources_digest(kernels: dict) -> str:
+    """sha256 of the source files of cnntool's kernels and of every module a kernel comes from."""
+    import cnntool.kernels
+
+    files = {
+        Path(module.__file__) for module in (sys.modules[k.__module__] for k in kernels) if module.__file__
+    }
+    files |= set(Path(cnntool.kernels.__file__).parent.glob("*.py"))
+    sha = hashlib.sha256()
+    for path in sorted(files):
+        sha.update(path.read_bytes())
+    return sha.hexdigest()[:16]
+
+
+def softmax_forward() -> Any:
+    from cnntool.kernels.activation import softmax_forward as kernel
+
+    return kernel
+
+
+def loss_kernel() -> Any:
+    from cnntool.kernels.loss import softmax_cross_entropy
+
+    return softmax_cross_entropy
+
+
+def argmax_kernel() -> Any:
+    from cnntool.kernels.loss import argmax_rows
+
+    return argmax_rows
+
+
+def literal(value: Any) -> str:
+    if isinstance(value, (bool, int, float, np.integer, np.floating, np.bool_)):
+        return repr(value.item() if isinstance(value, np.generic) else value)
+    raise TypeError(f"kernel arguments must be arrays or numbers, received {type(value).__name__}")
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "")
+
+
+def load_module(source: str) -> ModuleType:
+    """Write the source under a name derived from it (once) and import it."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+    name = f"cnntool_plan_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    folder = cache_dir() / "plans"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.py"
+        if not path.is_file() or path.read_text() != source:
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+            with os.fdopen(fd, "w") as handle:
+                handle.write(source)
+            os.replace(tmp, path)
+    except OSError:
+        # An unwritable cache: compile from a private folder (nothing is kept between runs).
+        folder = Path(tempfile.mkdtemp(prefix="cnntool-plans-"))
+        path = folder / f"{name}.py"
+        path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    sys.modules[name] = module
+    return module
+
+
+class Workspace:
+    """The per-example and scratch pools for one batch size (one per worker thread)."""
+
+    def __init__(self, layout: Layout, n: int, grads: np.ndarray) -> None:
+        self.n = n
+        self.ws = aligned_zeros(layout.sizes["ws"] * n)
+        self.iws = aligned_zeros(layout.sizes["iws"] * n, np.int32)
+        self.sws = aligned_zeros(layout.sizes["sws"])
+        self.siws = aligned_zeros(layout.sizes["siws"], np.int32)
+        self.grads = grads
+
+
+class Plan:
+    """A network compiled into one module of numba functions (see the module docs)."""
+
+    def __init__(self, net: Any) -> None:
+        self.net = net
+        generator = Generator(net)
+        self.source = generator.source()
+        self.layout = generator.layout
+        self.module = load_module(self.source)
+        self.workspaces: dict[tuple[int, int], Workspace] = {}
+
+    def workspace(self, n: int, worker: int = 0) -> Workspace:
+        key = (n, worker)
+        space = self.workspaces.get(key)
+        if space is None:
+            grads = self.net.flat_grads if worker == 0 else aligned_zeros(self.net.flat_grads.size)
+            space = self.workspaces[key] = Workspace(self.layout, n, grads)
+        return space
+
+    def arrays(self, space: Workspace) -> tuple:
+        net = self.net
+        return (net.flat_params, space.grads, net.flat_state, space.ws, space.iws, space.sws, space.siws)
+
+    def predict(self, x: np.ndarray, probs: np.ndarray, worker: int = 0) -> None:
+        self.module.predict(x, probs, *self.arrays(self.workspace(x.shape[0], worker)))
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        return self.module.forward(x, training, *self.arrays(self.workspace(x.shape[0])))
+
+    def backward(self, grad: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return self.module.backward(grad, x, *self.arrays(self.workspace(x.shape[0])))
+
+    def evaluate(self, x: np.ndarray, labels: np.ndarray, predictions: np.ndarray, worker: int = 0) -> tuple:
+        return self.module.evaluate(x, labels, predictions, *self.arrays(self.workspace(x.shape[0], worker)))
+
+    def train_step(
+        self, x: np.ndarray, labels: np.ndarray, grad_scale: float, worker: int = 0
+    ) -> tuple[float, int]:
+        space = self.workspace(x.shape[0], worker)
+        return self.module.train_step(x, labels, grad_scale, *self.arrays(space))
