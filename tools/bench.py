@@ -1,0 +1,447 @@
+"""Benchmark cnntool against PyTorch on the CPU, side by side in one run.
+
+    python tools/bench.py                  # everything, 2 rounds, threads = CPUs
+    python tools/bench.py --threads 1 --rounds 3 --only seed-train-b1
+
+Workloads (from the issue that asked for them):
+  seed-train-b1     models/seed_cnn.json, SGD at batch 1 over 1,000 MNIST images
+  seed-train-b64    the same at batch 64
+  seed-latency-b1   inference latency of one image (Python API: Network.predict_proba)
+  seed-infer-b64    inference throughput at batch 64
+  big-train-b1      models/mnist_cnn.json, SGD at batch 1 (over 300 images: it is slow)
+  big-train-b64     the same at batch 64 over 1,000 images
+
+Training is timed through cnntool's own command, `cnntool train --json` in a subprocess,
+from its per-epoch `seconds` (the first epoch, which loads compiled code, is left out);
+PyTorch runs the identical network (same shapes, the same initial weights copied over, the
+same data in the same shuffled order, SGD with the same momentum, the same thread count) in
+this process. The two alternate, round after round, and the table reports medians, the
+ratio cnntool/PyTorch in images per second, and the per-epoch losses of both, which must
+match closely since they do the same arithmetic. Also reported: peak memory of the training
+processes, `cnntool --help` and `cnntool infer` wall times, and the cold compile time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CNNTOOL = str(Path(sys.executable).with_name("cnntool"))
+SEED = 0
+# Plain SGD at batch 1 (as the script cnntool grew from), momentum 0.9 at batch 64; both train
+# stably, so the two frameworks' losses stay comparable epoch after epoch.
+LR = 0.01
+MOMENTUM = {1: 0.0, 64: 0.9}
+
+TRAIN_WORKLOADS = {
+    # name: (spec, batch size, images, epochs per run)
+    "seed-train-b1": ("models/seed_cnn.json", 1, 1000, 3),
+    "seed-train-b64": ("models/seed_cnn.json", 64, 1000, 4),
+    "big-train-b1": ("models/mnist_cnn.json", 1, 300, 3),
+    "big-train-b64": ("models/mnist_cnn.json", 64, 1000, 3),
+}
+INFER_WORKLOADS = {"seed-latency-b1": 1, "seed-infer-b64": 64}
+
+
+def machine(threads: int) -> dict:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": model,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": threads,
+        "python": platform.python_version(),
+    }
+    import numba
+
+    info["numba"] = numba.__version__
+    info["numpy"] = np.__version__
+    try:
+        from threadpoolctl import threadpool_info
+
+        import cnntool.kernels.blas  # noqa: F401
+
+        info["blas"] = sorted({f"{i['internal_api']} {i.get('architecture')}" for i in threadpool_info()})
+    except Exception:
+        pass
+    return info
+
+
+def dataset(folder: Path, images: int) -> Path:
+    """An .npz with the first `images` training images of the bundled MNIST sample."""
+    from cnntool.data import load_dataset
+
+    sample = load_dataset("mnist-sample")
+    path = folder / f"mnist-{images}.npz"
+    np.savez(
+        path,
+        x_train=sample.x_train[:images],
+        y_train=sample.y_train[:images],
+        x_test=sample.x_test[:100],
+        y_test=sample.y_test[:100],
+    )
+    return path
+
+
+def run_cnntool_train(
+    spec: str, data: Path, batch: int, epochs: int, threads: int, out: Path, env: dict
+) -> dict:
+    """`cnntool train --json` in a subprocess; returns its history and the child's peak memory."""
+    command = [
+        CNNTOOL,
+        "train",
+        str(ROOT / spec),
+        "--data",
+        str(data),
+        "--batch-size",
+        str(batch),
+        "--epochs",
+        str(epochs),
+        "--lr",
+        str(LR),
+        "--momentum",
+        str(MOMENTUM[batch]),
+        "--seed",
+        str(SEED),
+        "--val-split",
+        "0",
+        "--optimizer",
+        "sgd",
+        "--threads",
+        str(threads),
+        "--out",
+        str(out),
+        "--json",
+    ]
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, env=env, text=True)
+        stdout = process.stdout.read()
+        # wait4 reaps this child alone and gives its own peak memory (ru_maxrss, KiB on Linux).
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            errors.seek(0)
+            raise SystemExit(f"cnntool train failed:\n{errors.read()}")
+    report = json.loads(stdout)
+    report["wall"] = wall
+    report["peak_mb"] = usage.ru_maxrss / 1024
+    return report
+
+
+def torch_network(spec_path: Path, seed: int):
+    """The spec as a torch.nn.Sequential holding cnntool's initial weights for `seed`."""
+    import torch
+
+    import cnntool
+    from cnntool.layers.base import pair
+
+    net = cnntool.Network.from_spec(spec_path, seed=seed)
+    modules = []
+    for layer in net.layers[: net.head]:
+        kind = layer.config.type
+        if kind == "conv2d":
+            top, left, bottom, right = layer.padding(layer.input_shape)
+            if (top, left) != (bottom, right):
+                modules.append(torch.nn.ZeroPad2d((left, right, top, bottom)))
+                top = left = 0
+            module = torch.nn.Conv2d(
+                layer.input_shape[0],
+                layer.config.filters,
+                pair(layer.config.kernel_size),
+                stride=pair(layer.config.stride),
+                padding=(top, left),
+                bias=layer.config.use_bias,
+            )
+        elif kind == "dense":
+            module = torch.nn.Linear(layer.input_shape[0], layer.config.units, bias=layer.config.use_bias)
+        elif kind == "relu":
+            module = torch.nn.ReLU()
+        elif kind == "maxpool2d":
+            ph, pw, sh, sw = layer.window
+            module = torch.nn.MaxPool2d((ph, pw), stride=(sh, sw))
+        elif kind == "flatten":
+            module = torch.nn.Flatten()
+        else:
+            raise SystemExit(f"no PyTorch equivalent for {kind}")
+        with torch.no_grad():
+            for name, value in layer.params.items():
+                getattr(module, name).copy_(torch.from_numpy(value.copy()))
+        modules.append(module)
+    return torch.nn.Sequential(*modules), net
+
+
+def torch_train_epochs(model, x: np.ndarray, y: np.ndarray, batch: int, epochs: int) -> list[dict]:
+    """SGD epochs in the order cnntool's training loop draws them (same generator, same seed)."""
+    import torch
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM[batch])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    inputs = torch.from_numpy(x.astype(np.float32) / np.float32(255.0))
+    labels = torch.from_numpy(y.astype(np.int64))
+    rng = np.random.default_rng(SEED)
+    history = []
+    n = len(x)
+    for epoch in range(1, epochs + 1):
+        order = torch.from_numpy(rng.permutation(n))
+        started = time.perf_counter()
+        total = 0.0
+        for start in range(0, n, batch):
+            index = order[start : start + batch]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(inputs[index]), labels[index])
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(index)
+        history.append({"epoch": epoch, "loss": total / n, "seconds": time.perf_counter() - started})
+    return history
+
+
+def bench_training(name: str, rounds: int, threads: int, folder: Path, env: dict) -> dict:
+    import torch
+
+    spec, batch, images, epochs = TRAIN_WORKLOADS[name]
+    data = dataset(folder, images)
+    from cnntool.data import load_dataset
+
+    sample = load_dataset(str(data))
+    ours, theirs, peaks, losses = [], [], [], {}
+    for _ in range(rounds):
+        report = run_cnntool_train(spec, data, batch, epochs, threads, folder / f"{name}.cnnb", env)
+        ours += [r["seconds"] for r in report["history"][1:]]
+        peaks.append(report["peak_mb"])
+        losses["cnntool"] = [r["loss"] for r in report["history"]]
+        model, _ = torch_network(ROOT / spec, SEED)
+        torch.set_num_threads(threads)
+        history = torch_train_epochs(model, sample.x_train, sample.y_train, batch, epochs)
+        theirs += [r["seconds"] for r in history[1:]]
+        losses["pytorch"] = [r["loss"] for r in history]
+    ours_ips = images / statistics.median(ours)
+    theirs_ips = images / statistics.median(theirs)
+    return {
+        "workload": name,
+        "images": images,
+        "batch": batch,
+        "cnntool_images_per_s": ours_ips,
+        "pytorch_images_per_s": theirs_ips,
+        "ratio": ours_ips / theirs_ips,
+        "cnntool_us_per_image": 1e6 / ours_ips,
+        "pytorch_us_per_image": 1e6 / theirs_ips,
+        "cnntool_losses": losses["cnntool"],
+        "pytorch_losses": losses["pytorch"],
+        "max_loss_difference": max(
+            abs(a - b) for a, b in zip(losses["cnntool"], losses["pytorch"], strict=True)
+        ),
+        "cnntool_peak_mb": max(peaks),
+    }
+
+
+def bench_inference(name: str, rounds: int, threads: int) -> dict:
+    import torch
+
+    import cnntool
+    from cnntool.data import load_dataset
+
+    batch = INFER_WORKLOADS[name]
+    cnntool.set_threads(threads)
+    torch.set_num_threads(threads)
+    model, net = torch_network(ROOT / "models/seed_cnn.json", SEED)
+    model.eval()
+    x = load_dataset("mnist-sample").x_test[:batch].astype(np.float32) / np.float32(255.0)
+    tx = torch.from_numpy(x)
+    np.testing.assert_allclose(net.predict_proba(x), torch.softmax(model(tx), 1).detach().numpy(), atol=1e-5)
+    repeats = 20000 if batch == 1 else 400
+
+    def time_ours() -> float:
+        started = time.perf_counter()
+        for _ in range(repeats):
+            net.predict_proba(x)
+        return (time.perf_counter() - started) / repeats
+
+    def time_theirs() -> float:
+        with torch.inference_mode():
+            started = time.perf_counter()
+            for _ in range(repeats):
+                torch.softmax(model(tx), 1)
+            return (time.perf_counter() - started) / repeats
+
+    time_ours(), time_theirs()  # warm up both
+    ours, theirs = [], []
+    for _ in range(max(rounds, 3)):
+        ours.append(time_ours())
+        theirs.append(time_theirs())
+    ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
+    return {
+        "workload": name,
+        "batch": batch,
+        "cnntool_us_per_call": ours_s * 1e6,
+        "pytorch_us_per_call": theirs_s * 1e6,
+        "cnntool_images_per_s": batch / ours_s,
+        "pytorch_images_per_s": batch / theirs_s,
+        "ratio": theirs_s / ours_s,
+    }
+
+
+def startup(folder: Path, env: dict) -> dict:
+    """Wall times of `cnntool --help`, of `cnntool infer` on a warm cache, and of the demo's
+    training run on a cold cache (fresh NUMBA_CACHE_DIR and CNNTOOL_CACHE_DIR)."""
+
+    def wall(command: list[str], environment: dict) -> float:
+        started = time.perf_counter()
+        subprocess.run(command, env=environment, check=True, capture_output=True)
+        return time.perf_counter() - started
+
+    digit = str(ROOT / "models/digits/digit_7.png")
+    bundle = folder / "seed-train-b1.cnnb"
+    cold_env = {
+        **env,
+        "NUMBA_CACHE_DIR": str(folder / "cold-numba"),
+        "CNNTOOL_CACHE_DIR": str(folder / "cold"),
+    }
+    cold = wall(
+        [
+            CNNTOOL,
+            "train",
+            str(ROOT / "models/seed_cnn.json"),
+            "--data",
+            "mnist-sample",
+            "--epochs",
+            "1",
+            "--out",
+            str(folder / "cold.cnnb"),
+        ],
+        cold_env,
+    )
+    warm = wall(
+        [
+            CNNTOOL,
+            "train",
+            str(ROOT / "models/seed_cnn.json"),
+            "--data",
+            "mnist-sample",
+            "--epochs",
+            "1",
+            "--out",
+            str(folder / "cold.cnnb"),
+        ],
+        cold_env,
+    )
+    helps = sorted(wall([CNNTOOL, "--help"], env) for _ in range(5))
+    infers = sorted(wall([CNNTOOL, "infer", str(bundle), digit], env) for _ in range(5))
+    return {
+        "help_seconds": helps[2],
+        "infer_seconds_warm": infers[2],
+        "demo_train_1_epoch_cold_seconds": cold,
+        "demo_train_1_epoch_warm_seconds": warm,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=None, help="threads for both (default: all CPUs)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per workload")
+    parser.add_argument("--only", nargs="*", help="workloads to run (default: all)")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args()
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "PyTorch is needed for the side-by-side run: pip install torch==2.13.0 (CPU)"
+        ) from None
+    from cnntool.threads import requested_threads
+
+    threads = requested_threads(args.threads)
+    names = args.only or [*TRAIN_WORKLOADS, *INFER_WORKLOADS]
+    results = {"machine": machine(threads), "workloads": []}
+    env = {**os.environ, "CNNTOOL_THREADS": str(threads)}
+    with tempfile.TemporaryDirectory(prefix="cnntool-bench-") as tmp:
+        folder = Path(tmp)
+        for name in names:
+            if name in TRAIN_WORKLOADS:
+                results["workloads"].append(bench_training(name, args.rounds, threads, folder, env))
+            elif name in INFER_WORKLOADS:
+                results["workloads"].append(bench_inference(name, args.rounds, threads))
+            else:
+                raise SystemExit(
+                    f"unknown workload {name!r}; known: {', '.join([*TRAIN_WORKLOADS, *INFER_WORKLOADS])}"
+                )
+            print(format_row(results["workloads"][-1]), flush=True)
+        if "seed-train-b1" in names:
+            results["startup"] = startup(folder, env)
+    print_report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def format_row(row: dict) -> str:
+    if "cnntool_us_per_call" in row:
+        return (
+            f"{row['workload']:16s} cnntool {row['cnntool_us_per_call']:9.1f} us/call   "
+            f"pytorch {row['pytorch_us_per_call']:9.1f} us/call   ratio {row['ratio']:5.2f}x"
+        )
+    return (
+        f"{row['workload']:16s} cnntool {row['cnntool_images_per_s']:9.0f} img/s   "
+        f"pytorch {row['pytorch_images_per_s']:9.0f} img/s   ratio {row['ratio']:5.2f}x"
+    )
+
+
+def print_report(results: dict) -> None:
+    m = results["machine"]
+    print(
+        f"\nmachine: {m['cpu']}, {m['cpus']} CPUs, {m['threads']} threads; "
+        f"numba {m['numba']}, numpy {m['numpy']}, BLAS {', '.join(m.get('blas', []))}"
+    )
+    print("\n| workload | cnntool | PyTorch | cnntool / PyTorch |")
+    print("|---|---|---|---|")
+    for row in results["workloads"]:
+        if "cnntool_us_per_call" in row:
+            cells = [
+                f"{row[f'{who}_us_per_call']:.1f} µs ({row[f'{who}_images_per_s']:,.0f} img/s)"
+                for who in ("cnntool", "pytorch")
+            ]
+        else:
+            cells = [
+                f"{row[f'{who}_images_per_s']:,.0f} img/s ({row[f'{who}_us_per_image']:.1f} µs/img)"
+                for who in ("cnntool", "pytorch")
+            ]
+        print(f"| {row['workload']} | {cells[0]} | {cells[1]} | {row['ratio']:.2f}x |")
+    print("\nper-epoch training loss, cnntool vs PyTorch (same weights, same data order):")
+    for row in results["workloads"]:
+        if "cnntool_losses" in row:
+            ours = " ".join(f"{v:.5f}" for v in row["cnntool_losses"])
+            theirs = " ".join(f"{v:.5f}" for v in row["pytorch_losses"])
+            print(
+                f"  {row['workload']:16s} cnntool {ours} | pytorch {theirs} | "
+                f"max diff {row['max_loss_difference']:.2e} | "
+                f"cnntool peak memory {row['cnntool_peak_mb']:.0f} MB"
+            )
+    if "startup" in results:
+        s = results["startup"]
+        print(
+            f"\ncnntool --help {s['help_seconds']:.2f} s; "
+            f"cnntool infer (warm cache) {s['infer_seconds_warm']:.2f} s; "
+            f"demo training, 1 epoch: {s['demo_train_1_epoch_cold_seconds']:.1f} s cold (compiling), "
+            f"{s['demo_train_1_epoch_warm_seconds']:.1f} s warm"
+        )
+
+
+if __name__ == "__main__":
+    main()
