@@ -304,6 +304,7 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, help="passed to the server this tool starts")
     parser.add_argument("--max-wait-ms", type=float, help="passed to the server this tool starts")
     parser.add_argument("--workers", type=int, help="passed to the server this tool starts")
+    parser.add_argument("--threads", type=int, help="passed to the server this tool starts")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args()
 
@@ -313,7 +314,7 @@ def main() -> int:
     url = args.url
     if url is None:
         options = []
-        for name in ("max_batch", "max_wait_ms", "workers"):
+        for name in ("max_batch", "max_wait_ms", "workers", "threads"):
             if getattr(args, name) is not None:
                 options += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
         process, url = start_server(args.bundle, options)
