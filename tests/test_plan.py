@@ -179,3 +179,19 @@ def test_second_process_loads_compiled_code_from_the_cache(tmp_path, root):
     assert runs[1]["misses"] == 0 and runs[1]["hits"] == 1
     assert runs[1]["kernel_hits"] == 1 and runs[1]["kernel_misses"] == 0
     assert list((tmp_path / "cnntool" / "plans").glob("cnntool_plan_*.py"))
+
+
+def test_warmup_command_compiles_every_function(tmp_path, root):
+    from typer.testing import CliRunner
+
+    from cnntool.cli import app
+
+    result = CliRunner().invoke(
+        app, ["warmup", str(root / "models/seed_cnn.json"), "--batch-size", "4", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["compiled"] is True
+    assert set(report["steps"]) == {
+        f"{name}@{n}" for name in ("train_step", "evaluate", "predict", "forward", "backward") for n in (1, 4)
+    }

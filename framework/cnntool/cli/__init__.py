@@ -106,17 +106,22 @@ def root(
 
 
 def register() -> None:
-    from cnntool.cli import evaluate, infer, inspect, layers, plugin, serve, train
+    from cnntool.cli import data, evaluate, infer, inspect, layers, plugin, serve, train, warmup
 
     app.command("train")(user_errors(train.train))
     app.command("inspect")(user_errors(inspect.inspect))
     app.command("infer")(user_errors(infer.infer))
     app.command("eval")(user_errors(evaluate.evaluate))
     app.command("serve")(user_errors(serve.serve))
+    app.command("warmup")(user_errors(warmup.warmup))
     app.command("layers")(user_errors(layers.layers))
     app.command("schema")(user_errors(layers.schema))
     plugin.app.command("check")(user_errors(plugin.check))
     app.add_typer(plugin.app, name="plugin")
+    data.app.command("list")(user_errors(data.list_datasets))
+    data.app.command("info")(user_errors(data.info))
+    data.app.command("download")(user_errors(data.download))
+    app.add_typer(data.app, name="data")
 
 
 register()

@@ -1,0 +1,49 @@
+"""Compiling ahead: run every compiled function of a network once, so that numba compiles and
+caches them now rather than in the middle of training or of a request."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def load_network(source: Any) -> Any:
+    """A network from a spec (JSON file, text or dict) or from a bundle file."""
+    from cnntool.network import Network
+
+    if isinstance(source, (str, Path)) and Path(source).is_file():
+        with Path(source).open("rb") as handle:
+            head = handle.read(64).lstrip()
+        if not head.startswith(b"{"):
+            from cnntool.bundle import load_bundle
+
+            return load_bundle(source).network
+    return Network.from_spec(source)
+
+
+def warm_up(net: Any, batch_size: int = 32) -> dict[str, float]:
+    """Train, evaluate and predict once on zeros at batch size 1 and `batch_size`; returns
+    the seconds each took (the first is the compile, or the cache load)."""
+    from cnntool.threads import ensure_threads
+
+    ensure_threads()
+    timings = {}
+    classes = net.output_shape[0]
+    for n in sorted({1, batch_size}):
+        x = np.zeros((n, *net.input_shape), np.float32)
+        labels = np.zeros(n, np.int64)
+        for name, task in (
+            ("train_step", lambda: net.train_step(x, labels)),
+            ("evaluate", lambda: net.evaluate_batch(x, labels, np.empty(n, np.int64))),
+            ("predict", lambda: net.predict_proba(x)),
+            ("forward", lambda: net.forward(x, training=True)),
+            ("backward", lambda: net.backward(np.zeros((n, classes), np.float32))),
+        ):
+            started = time.perf_counter()
+            task()
+            timings[f"{name}@{n}"] = time.perf_counter() - started
+    net.flat_grads.fill(0.0)
+    return timings
