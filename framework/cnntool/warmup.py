@@ -31,19 +31,27 @@ def warm_up(net: Any, batch_size: int = 32) -> dict[str, float]:
 
     ensure_threads()
     timings = {}
-    classes = net.output_shape[0]
     for n in sorted({1, batch_size}):
-        x = np.zeros((n, *net.input_shape), np.float32)
-        labels = np.zeros(n, np.int64)
-        for name, task in (
-            ("train_step", lambda: net.train_step(x, labels)),
-            ("evaluate", lambda: net.evaluate_batch(x, labels, np.empty(n, np.int64))),
-            ("predict", lambda: net.predict_proba(x)),
-            ("forward", lambda: net.forward(x, training=True)),
-            ("backward", lambda: net.backward(np.zeros((n, classes), np.float32))),
-        ):
-            started = time.perf_counter()
-            task()
-            timings[f"{name}@{n}"] = time.perf_counter() - started
+        for name, seconds in warm_batch(net, n).items():
+            timings[f"{name}@{n}"] = seconds
     net.flat_grads.fill(0.0)
+    return timings
+
+
+def warm_batch(net: Any, n: int) -> dict[str, float]:
+    """Seconds each compiled function takes on a batch of n zeros."""
+    x = np.zeros((n, *net.input_shape), np.float32)
+    labels = np.zeros(n, np.int64)
+    tasks = {
+        "train_step": lambda: net.train_step(x, labels),
+        "evaluate": lambda: net.evaluate_batch(x, labels, np.empty(n, np.int64)),
+        "predict": lambda: net.predict_proba(x),
+        "forward": lambda: net.forward(x, training=True),
+        "backward": lambda: net.backward(np.zeros((n, net.output_shape[0]), np.float32)),
+    }
+    timings = {}
+    for name, task in tasks.items():
+        started = time.perf_counter()
+        task()
+        timings[name] = time.perf_counter() - started
     return timings

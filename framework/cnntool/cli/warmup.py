@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,7 @@ from cnntool.cli.output import note, print_json
 def warmup(
     file: Annotated[Path, typer.Argument(help="A spec (.json) or a bundle (.cnnb).", show_default=False)],
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size to prepare besides 1.")] = 32,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="Threads for numba and BLAS.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Threads for numba and BLAS.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the timings as JSON.")] = False,
 ) -> None:
     """Compile everything a network needs (training, evaluation, inference) and cache it, so
