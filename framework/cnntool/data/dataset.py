@@ -1,6 +1,8 @@
-"""Datasets: load one by name, from a folder of IDX files or from an .npz, and prepare pixels.
+"""Datasets: load one by name, from a folder (IDX files or class folders of images) or from an
+.npz, and prepare pixels.
 
-A dataset is four arrays, class names and a JSON-safe `info` record of where it came from.
+A dataset is four arrays, class names and a JSON-safe `info` record of where it came from:
+its name, source, every file's name, sha256 and size, and the split sizes.
 Every reader hands raw arrays to one assembler, which checks them all the same way: images
 become `(N, C, H, W)` uint8 or float32, labels `(N,)` int64 class indices, and anything
 malformed is a `DataError` that names the file (and the array inside it).
@@ -22,16 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from cnntool.data.idx import IDX_FILES, IMAGES_NDIM, LABELS_NDIM, find_idx_files, read_idx
+from cnntool.data.catalog import NAMED, identify, locate
+from cnntool.data.folder import is_image_folder, read_image_folder
+from cnntool.data.idx import IDX_FILES, IMAGES_NDIM, LABELS_NDIM, candidate_names, find_idx_files, read_idx
 from cnntool.data.npz import CLASSES_KEY, read_npz
 from cnntool.data.sample import PROVENANCE, SAMPLE_FILE, SAMPLE_NAME, read_sample
 from cnntool.errors import DataError
 
-DOWNLOAD_NAMES = ("mnist", "fashion-mnist")
 MAX_CLASSES = 10_000
 ACCEPTED_SOURCES = (
-    f"'{SAMPLE_NAME}' (bundled), a folder of IDX files ({', '.join(IDX_FILES.values())}, "
-    "each optionally .gz), or an .npz file with arrays x_train, y_train, x_test, y_test"
+    f"'{SAMPLE_NAME}' (bundled), {', '.join(repr(name) for name in NAMED)} (downloaded once), "
+    f"a folder of IDX files ({', '.join(IDX_FILES.values())}, each optionally .gz), a folder "
+    "with one sub-folder of images per class, or an .npz file with arrays x_train, y_train, "
+    "x_test, y_test"
 )
 DEFAULT_PREPROCESSING = {"pixel_scale": 1 / 255, "mean": 0.0, "std": 1.0}
 
@@ -55,21 +60,31 @@ class Dataset:
         return int(channels), int(height), int(width)
 
 
-def load_dataset(source: str | os.PathLike) -> Dataset:
-    """Load `mnist-sample`, a folder of IDX files, or an .npz file (see the module docs)."""
+def load_dataset(source: str | os.PathLike, *, input_shape: tuple[int, int, int] | None = None) -> Dataset:
+    """Load a dataset by name (`mnist-sample`, `mnist`, `fashion-mnist`) or from a path: a
+    folder of IDX files, a folder of class folders of images, or an .npz file.
+
+    `mnist` and `fashion-mnist` come from an installed copy or the cache, downloaded on first
+    use (see `cnntool.data.catalog`); any IDX folder whose files have their published
+    checksums is recognised as them. `input_shape` `(C, H, W)` sets the mode and size that
+    images of an image folder are converted to; other sources are returned as they are.
+    """
     if isinstance(source, str) and source == SAMPLE_NAME:
         arrays, record = read_sample()
         origins = {key: f"{SAMPLE_FILE}: {key}" for key in arrays}
         return _assemble(SAMPLE_NAME, "bundled", arrays, origins, [record], PROVENANCE)
-    if isinstance(source, str) and source in DOWNLOAD_NAMES:
-        raise DataError(
-            f"dataset '{source}' is not available offline yet; download its IDX files and pass "
-            f"the folder with --data PATH (or an .npz with x_train, y_train, x_test, y_test); "
-            f"for a folder named {source}, pass ./{source}"
-        )
+    if isinstance(source, str) and source in NAMED:
+        return _load_idx_folder(locate(NAMED[source]))
     path = Path(source)
     if path.is_dir():
-        return _load_idx_folder(path)
+        if _has_idx_files(path):
+            return _load_idx_folder(path)
+        if is_image_folder(path):
+            return _load_image_folder(path, input_shape)
+        raise DataError(
+            f"{path}: holds neither IDX files ({', '.join(IDX_FILES.values())}, each optionally .gz) "
+            "nor one sub-folder of images per class"
+        )
     if path.is_file() and (path.suffix.lower() == ".npz" or zipfile.is_zipfile(path)):
         return _load_npz_file(path)
     if path.is_file():
@@ -135,14 +150,32 @@ def preprocess(x: np.ndarray, preprocessing: dict) -> np.ndarray:
     return model_input
 
 
+def _has_idx_files(folder: Path) -> bool:
+    return any((folder / name).is_file() for stem in IDX_FILES.values() for name in candidate_names(stem))
+
+
 def _load_idx_folder(folder: Path) -> Dataset:
+    """The four IDX files of `folder`; named after a known dataset when their checksums are its."""
     arrays, origins, records = {}, {}, []
     for key, path in find_idx_files(folder).items():
         ndim = IMAGES_NDIM if key.startswith("x") else LABELS_NDIM
         arrays[key], record = read_idx(path, ndim)
         origins[key] = str(path)
         records.append(record)
-    return _assemble(str(folder), str(folder), arrays, origins, records)
+    known = identify({key: record["sha256"] for key, record in zip(origins, records, strict=True)})
+    if known is None:
+        return _assemble(str(folder), str(folder), arrays, origins, records)
+    arrays[CLASSES_KEY] = np.array(known.classes)
+    origins[CLASSES_KEY] = f"the class names of {known.name}"
+    return _assemble(known.name, str(folder), arrays, origins, records, known.provenance())
+
+
+def _load_image_folder(folder: Path, input_shape: tuple[int, int, int] | None) -> Dataset:
+    arrays, classes, record = read_image_folder(folder, input_shape)
+    arrays[CLASSES_KEY] = np.array(classes)
+    origins = {key: f"{folder}: {key}" for key in arrays}
+    origins[CLASSES_KEY] = f"{folder}: class folders"
+    return _assemble(str(folder), str(folder), arrays, origins, record["files"], {"images": record["images"]})
 
 
 def _load_npz_file(path: Path) -> Dataset:

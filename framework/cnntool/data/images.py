@@ -13,6 +13,7 @@ shape.
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -42,13 +43,16 @@ def load_input_file(path: str | os.PathLike, input_shape: tuple[int, int, int]) 
 def load_image(path: str | os.PathLike, input_shape: tuple[int, int, int]) -> np.ndarray:
     """The image at `path` as model input pixels, `(C, H, W)` uint8, for C of 1 or 3."""
     path = Path(path)
+    _check_channels(path, input_shape)
+    with _open(path) as file:
+        return read_image(file, input_shape, str(path))
+
+
+def read_image(file: BinaryIO, input_shape: tuple[int, int, int], where: str) -> np.ndarray:
+    """Like `load_image`, from an open binary file (an upload, a BytesIO); errors name `where`."""
+    _check_channels(where, input_shape)
     channels, height, width = input_shape
-    if channels not in (1, 3):
-        raise InputError(
-            f"{path}: the model takes {channels} channels, which no image file provides; "
-            f"pass a .npy array of shape {tuple(input_shape)}"
-        )
-    image = _decode(path, "L" if channels == 1 else "RGB")
+    image = decode_image(file, where, "L" if channels == 1 else "RGB")
     if image.size == (width, height):
         pixels = np.asarray(image)
     elif channels == 1:
@@ -58,6 +62,15 @@ def load_image(path: str | os.PathLike, input_shape: tuple[int, int, int]) -> np
     if channels == 1:
         return np.ascontiguousarray(pixels[np.newaxis])
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def _check_channels(where: str | os.PathLike, input_shape: tuple[int, int, int]) -> None:
+    channels = input_shape[0]
+    if channels not in (1, 3):
+        raise InputError(
+            f"{where}: the model takes {channels} channels, which no image file provides; "
+            f"pass a .npy array of shape {tuple(input_shape)}"
+        )
 
 
 def _open(path: Path):
@@ -71,28 +84,25 @@ def _open(path: Path):
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
 
 
-def _decode(path: Path, mode: str) -> Image.Image:
+def decode_image(file: BinaryIO, where: str, mode: str) -> Image.Image:
     """Decode fully and convert to `mode` ("L" or "RGB"), flattening alpha onto white."""
-    with _open(path) as file:
-        try:
-            with Image.open(file) as image:
-                pixels = image.width * image.height
-                if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
-                    raise Image.DecompressionBombError(
-                        f"{pixels} pixels exceeds the limit of {Image.MAX_IMAGE_PIXELS}"
-                    )
-                image.load()
-                return _convert(ImageOps.exif_transpose(image), mode)
-        except Image.DecompressionBombError as exc:
-            raise InputError(f"{path}: image too large to decode safely ({exc})") from None
-        except Image.UnidentifiedImageError:
-            raise InputError(
-                f"{path}: not an image Pillow can read (PNG, JPEG, ...) nor a .npy array"
-            ) from None
-        # Pillow's format decoders fail on corrupt data with many exception types
-        # (OSError for truncation, SyntaxError, ValueError, struct.error, ...).
-        except Exception as exc:
-            raise InputError(f"{path}: corrupt or truncated image ({exc})") from exc
+    try:
+        with Image.open(file) as image:
+            pixels = image.width * image.height
+            if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(
+                    f"{pixels} pixels exceeds the limit of {Image.MAX_IMAGE_PIXELS}"
+                )
+            image.load()
+            return _convert(ImageOps.exif_transpose(image), mode)
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{where}: image too large to decode safely ({exc})") from None
+    except Image.UnidentifiedImageError:
+        raise InputError(f"{where}: not an image Pillow can read (PNG, JPEG, ...) nor a .npy array") from None
+    # Pillow's format decoders fail on corrupt data with many exception types
+    # (OSError for truncation, SyntaxError, ValueError, struct.error, ...).
+    except Exception as exc:
+        raise InputError(f"{where}: corrupt or truncated image ({exc})") from exc
 
 
 def _convert(image: Image.Image, mode: str) -> Image.Image:
