@@ -14,6 +14,7 @@ the model loads, 500 only for a bug in the server.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -69,8 +70,6 @@ def create_app(settings: ServeSettings, bundle: Any = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        import asyncio
-
         starting = asyncio.create_task(service.start())
         yield
         await starting
@@ -83,10 +82,10 @@ def create_app(settings: ServeSettings, bundle: Any = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    page = resources.files("cnntool.serve").joinpath("static/index.html").read_text("utf-8")
 
     @app.get("/", include_in_schema=False)
     async def drawing_page() -> HTMLResponse:
-        page = resources.files("cnntool.serve").joinpath("static/index.html").read_text("utf-8")
         return HTMLResponse(page)
 
     @app.get("/healthz", response_model=Status, summary="Liveness")
