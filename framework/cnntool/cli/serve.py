@@ -69,7 +69,7 @@ def serve(
     # Compile (or load from numba's cache) every kernel once here, so the workers find the
     # cache filled instead of all compiling at the same time.
     set_threads(threads)
-    warm_up(loaded)
+    warm_up(loaded, [1])
     settings.to_environment()
     uvicorn.run("cnntool.serve.app:app_from_environment", factory=True, workers=workers, **options)
 
