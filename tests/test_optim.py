@@ -104,3 +104,115 @@ def test_state_dict_round_trip_continues_identically(rng):
             opt_b = opt_b2
     for key in net_a.params():
         np.testing.assert_array_equal(net_a.params()[key], net_b.params()[key])
+
+
+# --- PyTorch on the same weights, gradients and data ------------------------------------------
+
+TORCH_CASES = {
+    "sgd": ("SGD", {"lr": 0.05}),
+    "sgd-momentum-decay": ("SGD", {"lr": 0.05, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01}),
+    "sgd-nesterov": ("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.001}),
+    "adam": ("Adam", {"lr": 0.01}),
+    "adam-decay": ("Adam", {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.05}),
+    "adamw": ("AdamW", {"lr": 0.01}),
+    "adamw-decay": ("AdamW", {"lr": 0.01, "weight_decay": 0.1}),
+}
+
+
+@pytest.mark.parametrize("case", list(TORCH_CASES))
+def test_update_rules_match_pytorch_on_the_same_gradients(case, rng):
+    torch = pytest.importorskip("torch")
+    kind, hyper = TORCH_CASES[case]
+    net = cnntool.Network.from_spec(SPEC, seed=2)
+    ours = getattr(cnntool.optim, kind)(net, **hyper)
+    tensors = {key: torch.tensor(value.copy(), requires_grad=True) for key, value in net.params().items()}
+    theirs = getattr(torch.optim, kind)(list(tensors.values()), **hyper)
+    for _ in range(25):
+        for key, grad in net.grads().items():
+            grad[:] = rng.standard_normal(grad.shape) * rng.uniform(0.01, 3.0)
+            tensors[key].grad = torch.tensor(grad.copy())
+        ours.step()
+        theirs.step()
+    for key, value in net.params().items():
+        np.testing.assert_allclose(value, tensors[key].detach().numpy(), rtol=2e-5, atol=2e-6, err_msg=key)
+
+
+def test_defaults_are_pytorchs():
+    torch = pytest.importorskip("torch")
+    net = cnntool.Network.from_spec(SPEC)
+    weight = [torch.zeros(1, requires_grad=True)]
+    for kind in ("SGD", "Adam", "AdamW"):
+        defaults = getattr(torch.optim, kind)(weight, lr=0.1).defaults
+        ours = getattr(cnntool.optim, kind)(net, lr=0.1).hyperparameters()
+        for key, value in ours.items():
+            expected = list(defaults[key]) if key == "betas" else defaults[key]
+            assert value == expected, (kind, key)
+
+
+NETWORK = {
+    "input_shape": [2, 10, 10],
+    "layers": [
+        # No bias before batch normalisation: its gradient is zero up to rounding, and Adam
+        # would turn that noise into steps of size lr.
+        {"type": "conv2d", "filters": 4, "kernel_size": 3, "use_bias": False},
+        {"type": "batchnorm2d"},
+        {"type": "relu"},
+        {"type": "maxpool2d", "pool_size": 2},
+        {"type": "flatten"},
+        {"type": "dense", "units": 12, "use_bias": False},
+        {"type": "batchnorm1d"},
+        {"type": "tanh"},
+        {"type": "dense", "units": 3},
+    ],
+}
+
+
+def torch_network(torch, net):
+    """The same network in PyTorch, holding copies of `net`'s weights and running statistics."""
+    nn = torch.nn
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(64, 12, bias=False), nn.BatchNorm1d(12), nn.Tanh(), nn.Linear(12, 3),
+    )  # fmt: skip
+    names = [layer.name for layer in net.layers]
+    arrays = {**net.params(), **net.state()}
+    with torch.no_grad():
+        for key, tensor in model.state_dict().items():
+            index, field = key.split(".")
+            if field != "num_batches_tracked":
+                tensor.copy_(torch.tensor(arrays[f"{names[int(index)]}.{field}"]))
+    return model
+
+
+@pytest.mark.parametrize("case", ["sgd-nesterov", "adam-decay", "adamw-decay"])
+def test_training_steps_match_pytorch(case, rng):
+    """Forward (batch statistics), cross-entropy, backward and update, five times."""
+    torch = pytest.importorskip("torch")
+    kind, hyper = TORCH_CASES[case]
+    net = cnntool.Network.from_spec(NETWORK, seed=5)
+    model = torch_network(torch, net)
+    ours = getattr(cnntool.optim, kind)(net, **hyper)
+    theirs = getattr(torch.optim, kind)(model.parameters(), **hyper)
+    for _ in range(5):
+        x = rng.standard_normal((16, 2, 10, 10)).astype(np.float32)
+        labels = rng.integers(0, 3, 16)
+        loss, _ = net.train_step(x, labels.astype(np.int64))
+        ours.step()
+        theirs.zero_grad()
+        expected = torch.nn.functional.cross_entropy(model(torch.tensor(x)), torch.tensor(labels))
+        expected.backward()
+        theirs.step()
+        assert loss / 16 == pytest.approx(expected.item(), rel=1e-4)
+    torch_state = model.state_dict()
+    for index, layer in enumerate(net.layers):
+        for field, value in {**layer.params, **layer.state}.items():
+            np.testing.assert_allclose(
+                value,
+                torch_state[f"{index}.{field}"].numpy(),
+                rtol=1e-4,
+                atol=2e-5,
+                err_msg=f"{layer.name}.{field}",
+            )
+    model.eval()
+    x = rng.standard_normal((8, 2, 10, 10)).astype(np.float32)
+    np.testing.assert_allclose(net.forward(x), model(torch.tensor(x)).detach().numpy(), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,45 @@
+"""Saturating activations: sigmoid and tanh, elementwise on any input shape."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from cnntool.kernels.activations_extra import sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward
+from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Shape, X, buf
+
+
+class SigmoidConfig(LayerConfig):
+    type: Literal["sigmoid"] = "sigmoid"
+
+
+class TanhConfig(LayerConfig):
+    type: Literal["tanh"] = "tanh"
+
+
+class Sigmoid(Layer):
+    """y = 1 / (1 + exp(-x)); dy/dx = y (1 - y)."""
+
+    Config = SigmoidConfig
+    kernels = (sigmoid_forward, sigmoid_backward)
+
+    def buffers(self) -> dict[str, Array]:
+        return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
+
+    def forward_calls(self, training: bool) -> list[Call]:
+        return [(self.kernels[0], (X, buf("out")))]
+
+    def backward_calls(self, need_grad_x: bool) -> list[Call]:
+        if not need_grad_x:
+            return []
+        return [(self.kernels[1], (GRAD_OUT, buf("out"), buf("grad_x")))]
+
+    def flops(self, input_shape: Shape) -> int:
+        return 4 * math.prod(input_shape)
+
+
+class Tanh(Sigmoid):
+    """y = tanh(x); dy/dx = 1 - y²."""
+
+    Config = TanhConfig
+    kernels = (tanh_forward, tanh_backward)

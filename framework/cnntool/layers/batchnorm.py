@@ -1,0 +1,127 @@
+"""Batch normalisation (Ioffe & Szegedy, 2015) as PyTorch's BatchNorm2d and BatchNorm1d.
+
+Each channel (each feature, after a dense layer) is normalised to zero mean and unit
+variance, then scaled by `weight` and shifted by `bias`. In training the statistics are the
+batch's, and exponential running averages of them are kept in `state` (`running_mean`,
+`running_var`); inference uses those. Because training couples the examples of a batch,
+networks holding batch normalisation are never cut into pieces across threads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import Field
+
+from cnntool.kernels.norm import batchnorm_backward, batchnorm_forward
+from cnntool.layers.base import (
+    GRAD_OUT,
+    Array,
+    Call,
+    Layer,
+    LayerConfig,
+    Shape,
+    ShapeError,
+    X,
+    buf,
+    expect_image,
+    grad,
+    param,
+    scratch,
+    state,
+)
+
+Momentum = Annotated[
+    float,
+    Field(ge=0, le=1, description="Weight of the batch in the running statistics (PyTorch's momentum)."),
+]
+Epsilon = Annotated[float, Field(gt=0, le=1, description="Added to the variance before the square root.")]
+
+
+class BatchNorm2DConfig(LayerConfig):
+    type: Literal["batchnorm2d"] = "batchnorm2d"
+    momentum: Momentum = 0.1
+    eps: Epsilon = 1e-5
+
+
+class BatchNorm1DConfig(LayerConfig):
+    type: Literal["batchnorm1d"] = "batchnorm1d"
+    momentum: Momentum = 0.1
+    eps: Epsilon = 1e-5
+
+
+class BatchNorm2D(Layer):
+    """y = weight[c] * (x - mean[c]) / sqrt(var[c] + eps) + bias[c], over (N, H, W) per channel c.
+
+    Training: mean and biased var of the batch; running = (1 - momentum) * running +
+    momentum * batch, with the unbiased var. Inference: the running statistics.
+    """
+
+    Config = BatchNorm2DConfig
+    config: BatchNorm2DConfig
+    per_example = False
+
+    def channels(self, input_shape: Shape) -> int:
+        return expect_image(self, input_shape)[0]
+
+    def param_shapes(self, input_shape: Shape) -> dict[str, Shape]:
+        channels = self.channels(input_shape)
+        return {"weight": (channels,), "bias": (channels,)}
+
+    def state_shapes(self, input_shape: Shape) -> dict[str, Shape]:
+        channels = self.channels(input_shape)
+        return {"running_mean": (channels,), "running_var": (channels,)}
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        self.channels(input_shape)
+        return input_shape
+
+    def init_param(self, name: str, shape: Shape, rng: np.random.Generator) -> np.ndarray:
+        return np.full(shape, 1.0 if name == "weight" else 0.0, np.float32)
+
+    def init_state(self, name: str, shape: Shape) -> np.ndarray:
+        return np.full(shape, 1.0 if name == "running_var" else 0.0, np.float32)
+
+    def buffers(self) -> dict[str, Array]:
+        return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
+
+    def scratch_arrays(self) -> dict[str, Array]:
+        channels = self.channels(self.input_shape)
+        # The statistics the last forward used, and whether it was in training mode.
+        return {"mean": Array((channels,)), "inv_std": Array((channels,)), "mode": Array((1,))}
+
+    def forward_calls(self, training: bool) -> list[Call]:
+        args = (
+            X, param("weight"), param("bias"), state("running_mean"), state("running_var"), training,
+            float(self.config.momentum), float(self.config.eps), scratch("mean"), scratch("inv_std"),
+            scratch("mode"), buf("out"),
+        )  # fmt: skip
+        return [(batchnorm_forward, args)]
+
+    def backward_calls(self, need_grad_x: bool) -> list[Call]:
+        args = (
+            GRAD_OUT, X, param("weight"), scratch("mean"), scratch("inv_std"), scratch("mode"), need_grad_x,
+            grad("weight"), grad("bias"), buf("grad_x"),
+        )  # fmt: skip
+        return [(batchnorm_backward, args)]
+
+    def flops(self, input_shape: Shape) -> int:
+        return 2 * math.prod(input_shape)
+
+
+class BatchNorm1D(BatchNorm2D):
+    """BatchNorm2D for flat inputs (features,), as after a dense layer: each feature is
+    normalised over the batch."""
+
+    Config = BatchNorm1DConfig
+    config: BatchNorm1DConfig
+
+    def channels(self, input_shape: Shape) -> int:
+        if len(input_shape) != 1:
+            raise ShapeError(
+                f"expected a flat input (features,), received shape {tuple(input_shape)}; "
+                'use {"type": "batchnorm2d"} on images'
+            )
+        return input_shape[0]
