@@ -186,6 +186,15 @@ async def get_json(url: str) -> dict:
         return await response.json()
 
 
+def cpu_seconds(process: subprocess.Popen | None) -> float:
+    """User plus system CPU seconds of a process so far (Linux /proc), 0 when unknown."""
+    try:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (AttributeError, OSError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def batch_stats(metrics_text: str) -> dict[str, float]:
     """Sum, count and buckets of the cnntool_batch_size histogram."""
     stats: dict[str, float] = {}
@@ -322,7 +331,12 @@ def main() -> int:
         served = asyncio.run(get_json(f"{url}/v1/model"))
         if served.get("digest") != bundle.digest:
             raise SystemExit(f"{url} serves {served.get('digest')}, not {args.bundle} ({bundle.digest})")
+        cpu_before = cpu_seconds(process)
         report = asyncio.run(run(url, valid, malformed, args))
+        if process is not None:
+            # CPU time the server spent per request: steadier than throughput on a busy machine.
+            used = cpu_seconds(process) - cpu_before
+            report["server_cpu_ms_per_request"] = round(1000 * used / report["requests"], 3)
     finally:
         if process is not None:
             process.terminate()
@@ -348,6 +362,8 @@ def print_report(report: dict) -> None:
         f"  batches: {batches['count']} for {batches['inputs']} inputs, mean size {batches['mean_size']}, "
         f"sizes {batches['sizes']}"
     )
+    if "server_cpu_ms_per_request" in report:
+        print(f"  server CPU per request: {report['server_cpu_ms_per_request']} ms")
     print(f"  healthy after: {report['healthy_after']}")
 
 
