@@ -1,20 +1,47 @@
 """A whole training run as the command line does it: options, data, network, optimizer,
-fit, test score, bundle with provenance. Usable from Python too:
+schedule, early stopping, training, test score, and a bundle with provenance. Usable from
+Python too:
 
     run = TrainingRun.prepare("models/seed_cnn.json", "seed.cnnb", {"data": "mnist-sample"})
     result = run.run()
+    run = TrainingRun.resume("seed.cnnb", {"epochs": 10})   # continue it up to 10 epochs
+    result = run.run()
+
+Checkpoints (every `checkpoint_every` epochs, and on Ctrl-C) and the final bundle are the
+same kind of file, written atomically to the output path: the model (under early stopping,
+the best epoch's weights), the optimizer's state, and in `meta.resume` where training
+stands (see cnntool.train.Trainer.state_dict). When the model's weights are not the ones
+training continues from, those go beside the optimizer's slots as `current_params` and
+`current_state`. Resuming therefore continues exactly where the run stopped: same seed and
+threads give the same final weights as a run that was never interrupted.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from cnntool.errors import CnntoolError, DataError, SpecError
+
+# Options a resumed run may change; any other would make it a different run.
+RESUMABLE = ("epochs", "checkpoint_every", "log", "data")
+TRAINING_SLOTS = ("current_params", "current_state")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training at a step boundary; a checkpoint was saved to `path`."""
+
+    def __init__(self, path: Path, epoch: int, batch: int, batches: int) -> None:
+        super().__init__(f"checkpoint saved to {path}")
+        self.path, self.epoch, self.batch, self.batches = path, epoch, batch, batches
 
 
 @dataclass
@@ -31,6 +58,8 @@ class TrainingRun:
     y_val: np.ndarray
     preprocessing: dict
     threads: int
+    trainer: Any = None
+    resumed_from: dict | None = field(default=None)
 
     @property
     def lr(self) -> float:
@@ -42,71 +71,202 @@ class TrainingRun:
     ) -> TrainingRun:
         """Validate everything that can be wrong before the first step: spec, options,
         output folder, dataset and its fit to the spec."""
-        from cnntool.data import load_dataset, preprocessing_for, split_validation
+        from cnntool.data import load_dataset
         from cnntool.network import Network
-        from cnntool.optim import OPTIMIZERS
         from cnntool.spec import TrainingConfig, validate_spec
         from cnntool.threads import set_threads
 
-        out = Path(out)
-        if not out.parent.is_dir():
-            raise CnntoolError(f"cannot write {out}: folder {out.parent} does not exist")
-        if out.is_dir():
-            raise CnntoolError(f"cannot write {out}: it is a folder; give a file name such as model.cnnb")
+        out = check_output(Path(out))
         spec = validate_spec(spec_source)
         options = merge_options(spec.training, overrides, TrainingConfig)
         if options.data is None:
             raise DataError("no dataset given: pass --data (mnist-sample, a folder of IDX files or an .npz)")
+        check_log(options.log)
         dataset = load_dataset(options.data)
         spec = fit_spec_to_data(spec, dataset)
         spec = spec.model_copy(update={"training": options})
         count = set_threads(threads)
         net = Network.build(spec, np.random.default_rng(options.seed))
+        run = cls.assemble(spec, options, out, dataset, net, count)
+        run.trainer = run.make_trainer()
+        return run
+
+    @classmethod
+    def resume(
+        cls,
+        bundle_path: str | Path,
+        overrides: dict[str, Any],
+        *,
+        out: str | Path | None = None,
+        threads: int | None = None,
+    ) -> TrainingRun:
+        """Continue the run saved in a bundle (a checkpoint, or a finished run to extend
+        with a larger `epochs`), writing to `out` (default: the bundle itself). Only the
+        options in RESUMABLE may differ from the stored ones; the thread count defaults to
+        the stored one, which bit-identical results need."""
+        from cnntool.bundle import load_bundle
+        from cnntool.data import load_dataset
+        from cnntool.spec import TrainingConfig
+        from cnntool.threads import set_threads
+
+        path = Path(bundle_path)
+        bundle = load_bundle(path)
+        saved = bundle.meta.get("resume")
+        if not isinstance(saved, dict) or not bundle.optimizer:
+            raise CnntoolError(
+                f"{path}: holds no training state to resume (it was not written by `cnntool train`); "
+                "start a new run with `cnntool train SPEC --out FILE`"
+            )
+        try:
+            stored = merge_options(None, dict(bundle.meta.get("training") or {}), TrainingConfig)
+        except SpecError as exc:
+            raise CnntoolError(f"{path}: cannot resume: the stored {exc}") from None
+        refused = [
+            f"--{key.replace('_', '-')} (stored {getattr(stored, key)!r}, given {value!r})"
+            for key, value in overrides.items()
+            if value is not None and key not in RESUMABLE and value != getattr(stored, key)
+        ]
+        if refused:
+            raise CnntoolError(
+                f"cannot change {', '.join(refused)} when resuming {path}: the run would no longer be the "
+                "one that was saved; only --epochs, --checkpoint-every, --log and --data may change"
+            )
+        options = merge_options(stored, {key: overrides.get(key) for key in RESUMABLE}, TrainingConfig)
+        status, done = saved.get("status"), saved.get("epoch")
+        if status == "stopped_early":
+            raise CnntoolError(
+                f"{path}: training stopped early after epoch {done} ({options.monitor} did not improve for "
+                f"{options.early_stopping} epochs); there is nothing to resume"
+            )
+        if isinstance(done, int) and done >= options.epochs:
+            raise CnntoolError(
+                f"{path}: already trained {done} of {options.epochs} epochs; pass --epochs with a total "
+                f"above {done} to train further"
+            )
+        check_log(options.log)
+        out = check_output(Path(out) if out is not None else path)
+        dataset = load_dataset(options.data)
+        check_same_data(bundle.meta.get("dataset"), dataset, path)
+        net = bundle.network
+        net.spec = net.spec.model_copy(update={"training": options})
+        stored_threads = bundle.meta.get("threads")
+        if threads is None and isinstance(stored_threads, int) and stored_threads >= 1:
+            threads = stored_threads
+        run = cls.assemble(net.spec, options, out, dataset, net, set_threads(threads))
+        slots = {
+            name: bundle.optimizer["slots"][name]
+            for name in TRAINING_SLOTS
+            if name in bundle.optimizer["slots"]
+        }
+        try:
+            run.optimizer.load_state_dict(bundle.optimizer)
+            run.trainer = run.make_trainer()
+            run.trainer.load_state_dict(saved, list(bundle.meta.get("history") or []), slots)
+        except CnntoolError as exc:
+            raise CnntoolError(f"{path}: cannot resume: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CnntoolError(
+                f"{path}: cannot resume: the stored training state is malformed ({type(exc).__name__}: {exc})"
+            ) from None
+        run.resumed_from = saved
+        return run
+
+    @classmethod
+    def assemble(
+        cls, spec: Any, options: Any, out: Path, dataset: Any, net: Any, threads: int
+    ) -> TrainingRun:
+        from cnntool.data import preprocessing_for, split_validation
+        from cnntool.optim import OPTIMIZERS
+
         optimizer = make_optimizer(OPTIMIZERS[options.optimizer], net, options)
         x_train, y_train, x_val, y_val = split_validation(
             dataset.x_train, dataset.y_train, options.val_split, options.seed
         )
         return cls(
-            spec,
-            options,
-            out,
-            dataset,
-            net,
-            optimizer,
-            x_train,
-            y_train,
-            x_val,
-            y_val,
-            preprocessing_for(dataset.x_train),
-            count,
+            spec, options, out, dataset, net, optimizer, x_train, y_train, x_val, y_val,
+            preprocessing_for(dataset.x_train), threads,
+        )  # fmt: skip
+
+    def make_trainer(self) -> Any:
+        from cnntool.schedules import make_schedule
+        from cnntool.train import EarlyStopping, Trainer
+
+        options = self.options
+        early_stopping = (
+            EarlyStopping(options.monitor, options.early_stopping, options.min_delta)
+            if options.early_stopping is not None
+            else None
         )
+        return Trainer(
+            self.net, self.optimizer, (self.x_train, self.y_train), batch_size=options.batch_size,
+            preprocessing=self.preprocessing, seed=options.seed,
+            validation=(self.x_val, self.y_val) if len(self.x_val) else None,
+            schedule=make_schedule(options, self.optimizer.lr), early_stopping=early_stopping,
+            monitor=options.monitor,
+        )  # fmt: skip
 
     def run(self, on_epoch: Any = None, on_batch: Any = None) -> dict[str, Any]:
-        """Train, score on the test split, save the bundle; return what the CLI prints."""
-        from cnntool.bundle import model_digest, save_bundle
-        from cnntool.train import evaluate, fit
+        """Train (checkpointing as asked), score on the test split, save the bundle; return
+        what the CLI prints. Ctrl-C stops at the next step boundary, saves a checkpoint and
+        raises TrainingInterrupted."""
+        from cnntool.bundle import model_digest
 
-        started = time.time()
-        history = fit(
-            self.net,
-            self.optimizer,
-            (self.x_train, self.y_train),
-            epochs=self.options.epochs,
-            batch_size=self.options.batch_size,
-            preprocessing=self.preprocessing,
-            seed=self.options.seed,
-            validation=(self.x_val, self.y_val) if len(self.x_val) else None,
-            on_epoch=on_epoch,
-            on_batch=on_batch,
-        )
-        test = None
-        if len(self.dataset.x_test):
-            scores = evaluate(self.net, self.dataset.x_test, self.dataset.y_test, self.preprocessing)
-            test = {
-                "loss": scores["loss"],
-                "accuracy": scores["accuracy"],
-                "examples": len(self.dataset.x_test),
-            }
+        trainer = self.trainer
+
+        def checkpoint(status: str = "running") -> Path:
+            slots = trainer.publish()
+            try:
+                return self.write(status, slots, None)
+            finally:
+                trainer.unpublish(slots)
+
+        with open_log(self.options.log, trainer.state.history) as log:
+
+            def epoch_done(record: dict) -> None:
+                if log is not None:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                if on_epoch is not None:
+                    on_epoch(record)
+
+            with stop_on_interrupt(trainer):
+                status = trainer.run(
+                    self.options.epochs, on_epoch=epoch_done, on_batch=on_batch, on_checkpoint=checkpoint,
+                    checkpoint_every=self.options.checkpoint_every,
+                )  # fmt: skip
+        if status == "interrupted":
+            path = checkpoint("interrupted")
+            raise TrainingInterrupted(path, trainer.state.epoch, trainer.state.batch, trainer.batches)
+        slots = trainer.publish()
+        test = self.test_scores()
+        path = self.write(status, slots, test)
+        early = trainer.early_stopping
+        return {
+            "bundle": str(path),
+            "name": self.net.name,
+            "total_params": self.net.num_params,
+            "digest": model_digest(self.net.params(), self.net.state()),
+            "status": status,
+            "epochs": trainer.state.epoch,
+            "best_epoch": early.best_epoch if early is not None else None,
+            "history": trainer.state.history,
+            "test": test,
+        }
+
+    def test_scores(self) -> dict[str, Any] | None:
+        from cnntool.train import evaluate
+
+        if not len(self.dataset.x_test):
+            return None
+        scores = evaluate(self.net, self.dataset.x_test, self.dataset.y_test, self.preprocessing)
+        return {"loss": scores["loss"], "accuracy": scores["accuracy"], "examples": len(self.dataset.x_test)}
+
+    def write(self, status: str, slots: dict, test: dict | None) -> Path:
+        """Save the network as it is now, with the optimizer, `slots` and the training state."""
+        from cnntool.bundle import save_bundle
+
+        trainer = self.trainer
+        history = trainer.state.history
         meta = {
             "history": history,
             "dataset": self.dataset.info,
@@ -115,17 +275,102 @@ class TrainingRun:
             "training": self.options.model_dump(mode="json"),
             "threads": self.threads,
             "test": test,
-            "train_seconds": time.time() - started,
+            "train_seconds": sum(record["seconds"] for record in history) + trainer.state.seconds,
+            "resume": {**trainer.state_dict(), "status": status},
         }
-        path = save_bundle(self.net, self.out, meta=meta, optimizer=self.optimizer)
-        return {
-            "bundle": str(path),
-            "name": self.net.name,
-            "total_params": self.net.num_params,
-            "digest": model_digest(self.net.params(), self.net.state()),
-            "history": history,
-            "test": test,
-        }
+        if trainer.early_stopping is not None:
+            meta["best_epoch"] = trainer.early_stopping.best_epoch or None
+        return save_bundle(self.net, self.out, meta=meta, optimizer=WithTrainingSlots(self.optimizer, slots))
+
+
+class WithTrainingSlots:
+    """An optimizer's state_dict with more per-parameter arrays beside its own slots, as
+    save_bundle stores them (the optimizer's load_state_dict ignores slots it lacks)."""
+
+    def __init__(self, optimizer: Any, slots: dict[str, dict[str, np.ndarray]]) -> None:
+        self.optimizer, self.slots = optimizer, slots
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.optimizer.state_dict()
+        state["slots"] = {**state["slots"], **self.slots}
+        return state
+
+
+@contextmanager
+def stop_on_interrupt(trainer: Any) -> Iterator[None]:
+    """While training: the first Ctrl-C (SIGINT) lets the current step finish and stops the
+    trainer; a second one interrupts at once. Only the main thread receives signals, so
+    elsewhere Ctrl-C keeps its usual effect."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.request_stop()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def open_log(path: str | None, history: list[dict]) -> Iterator[IO[str] | None]:
+    """The JSON-lines log, rewritten with the epochs done so far (so a resumed run's log
+    reads like an uninterrupted one's); None without a path."""
+    if path is None:
+        yield None
+        return
+    try:
+        handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise CnntoolError(f"cannot write the log {path}: {exc.strerror or exc}") from None
+    try:
+        for record in history:
+            handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        yield handle
+    finally:
+        handle.close()
+
+
+def check_output(out: Path) -> Path:
+    if not out.parent.is_dir():
+        raise CnntoolError(f"cannot write {out}: folder {out.parent} does not exist")
+    if out.is_dir():
+        raise CnntoolError(f"cannot write {out}: it is a folder; give a file name such as model.cnnb")
+    return out
+
+
+def check_log(log: str | None) -> None:
+    if log is None:
+        return
+    path = Path(log)
+    if not path.parent.is_dir():
+        raise CnntoolError(f"cannot write the log {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise CnntoolError(
+            f"cannot write the log {path}: it is a folder; give a file name such as train.jsonl"
+        )
+
+
+def check_same_data(stored: Any, dataset: Any, path: Path) -> None:
+    """Refuse to resume on data other than the run's (same files by sha256, same size)."""
+    if not isinstance(stored, dict):
+        return
+
+    def fingerprint(info: dict) -> tuple:
+        files = info.get("files") if isinstance(info.get("files"), list) else []
+        return sorted(str(f.get("sha256")) for f in files if isinstance(f, dict)), info.get("train_size")
+
+    if fingerprint(stored) != fingerprint(dataset.info):
+        raise DataError(
+            f"{path} was trained on {stored.get('name')!r} but --data {dataset.name!r} has other files; "
+            "resume with the same data"
+        )
 
 
 def merge_options(from_spec: Any, overrides: dict[str, Any], model: Any) -> Any:

@@ -1,4 +1,4 @@
-"""`cnntool train`: spec + data -> a trained bundle."""
+"""`cnntool train`: spec + data -> a trained bundle; `--resume` continues a saved run."""
 
 from __future__ import annotations
 
@@ -8,18 +8,28 @@ from typing import Annotated
 import typer
 
 from cnntool.cli.output import EpochProgress, note, print_json
+from cnntool.errors import CnntoolError
 
 
 def train(
-    spec: Annotated[Path, typer.Argument(help="Network spec (JSON file).", show_default=False)],
+    spec: Annotated[
+        Path | None,
+        typer.Argument(help="Network spec (JSON file); omit it with --resume.", show_default=False),
+    ] = None,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Bundle file to write (.cnnb).", show_default=False)
-    ],
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Bundle file to write (.cnnb) [with --resume: that bundle].",
+            show_default=False,
+        ),
+    ] = None,
     data: Annotated[
         str | None,
         typer.Option(help="Dataset: mnist-sample, a folder of IDX files, or an .npz file."),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs to train [spec or 5].")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs to train in all [spec or 5].")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Examples per step [spec or 32].")] = None,
     lr: Annotated[
         float | None, typer.Option(help="Learning rate [spec, else 0.01 sgd / 0.001 adam].")
@@ -29,22 +39,84 @@ def train(
     nesterov: Annotated[
         bool | None, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum.")
     ] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="L2 weight decay [spec or 0].")] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="Weight decay [spec, else 0, 0.01 for adamw].")
+    ] = None,
+    lr_schedule: Annotated[
+        str | None, typer.Option(help="constant, step, cosine or plateau [spec or constant].")
+    ] = None,
+    lr_step_size: Annotated[
+        int | None, typer.Option(help="step schedule: epochs between decays [spec or 10].")
+    ] = None,
+    lr_gamma: Annotated[
+        float | None, typer.Option(help="step and plateau schedules: decay factor [spec or 0.1].")
+    ] = None,
+    lr_patience: Annotated[
+        int | None,
+        typer.Option(help="plateau schedule: epochs without improvement before a decay [spec or 10]."),
+    ] = None,
+    lr_min: Annotated[
+        float | None, typer.Option(help="cosine and plateau schedules: the lowest rate [spec or 0].")
+    ] = None,
+    warmup_epochs: Annotated[
+        int | None, typer.Option(help="Epochs of linear warm-up to the learning rate [spec or 0].")
+    ] = None,
+    early_stopping: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PATIENCE",
+            help="Stop after this many epochs without improvement of --monitor and keep the best "
+            "epoch's weights [spec or off].",
+        ),
+    ] = None,
+    monitor: Annotated[
+        str | None,
+        typer.Option(
+            help="val_loss, val_accuracy, loss or accuracy, for early stopping and plateau [val_loss]."
+        ),
+    ] = None,
+    min_delta: Annotated[
+        float | None,
+        typer.Option(help="Smallest change of --monitor that counts as improvement [spec or 0]."),
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Write the bundle, resumable, every N epochs [spec or 0: off]."),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="BUNDLE",
+            help="Continue the run saved in BUNDLE (a checkpoint); --epochs is the total.",
+            show_default=False,
+        ),
+    ] = None,
+    log: Annotated[
+        str | None,
+        typer.Option(metavar="FILE", help="Write one JSON line per epoch to FILE as training runs."),
+    ] = None,
     seed: Annotated[
-        int | None, typer.Option(help="Seed for weights, shuffling and the split [spec or 0].")
+        int | None, typer.Option(help="Seed for weights, shuffling, dropout and the split [spec or 0].")
     ] = None,
     val_split: Annotated[
         float | None, typer.Option(help="Fraction of training data held out for validation [spec or 0.1].")
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="Threads for numba and BLAS [CNNTOOL_THREADS or all CPUs].")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Threads for numba and BLAS [CNNTOOL_THREADS or all CPUs; with --resume the stored count].",
+        ),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="End with one JSON document on stdout.")
     ] = False,
 ) -> None:
-    """Train a network on a dataset and save it as one bundle file."""
-    from cnntool.training_run import TrainingRun
+    """Train a network on a dataset and save it as one bundle file.
+
+    Ctrl-C saves a checkpoint at the next step and exits with 130; `--resume` continues it.
+    """
+    from cnntool.training_run import TrainingInterrupted, TrainingRun
 
     overrides = {
         "data": data,
@@ -55,17 +127,61 @@ def train(
         "momentum": momentum,
         "nesterov": nesterov,
         "weight_decay": weight_decay,
+        "lr_schedule": lr_schedule,
+        "lr_step_size": lr_step_size,
+        "lr_gamma": lr_gamma,
+        "lr_patience": lr_patience,
+        "lr_min": lr_min,
+        "warmup_epochs": warmup_epochs,
+        "early_stopping": early_stopping,
+        "monitor": monitor,
+        "min_delta": min_delta,
+        "checkpoint_every": checkpoint_every,
+        "log": log,
         "seed": seed,
         "val_split": val_split,
     }
-    run = TrainingRun.prepare(spec, out, overrides, threads=threads)
+    if resume is not None:
+        if spec is not None:
+            raise CnntoolError(
+                f"give either a spec ({spec}) or --resume {resume}, not both: a bundle holds its spec"
+            )
+        run = TrainingRun.resume(resume, overrides, out=out, threads=threads)
+    else:
+        if spec is None:
+            raise CnntoolError("missing SPEC: give a network spec file, or --resume BUNDLE to continue a run")
+        if out is None:
+            raise CnntoolError("missing --out: give the bundle file to write, such as --out model.cnnb")
+        run = TrainingRun.prepare(spec, out, overrides, threads=threads)
+    state = run.trainer.state
+    options = run.options
+    schedule = "" if options.lr_schedule == "constant" else f" ({options.lr_schedule} schedule)"
     note(
         f"training {run.net.name!r} ({run.net.num_params} parameters) on {run.dataset.name}: "
         f"{len(run.x_train)} training, {len(run.x_val)} validation, {len(run.dataset.x_test)} test images; "
-        f"{run.options.optimizer}, lr {run.lr}, batch {run.options.batch_size}, {run.threads} threads"
+        f"{options.optimizer}, lr {run.lr}{schedule}, batch {options.batch_size}, {run.threads} threads"
     )
-    with EpochProgress(run.options.epochs) as progress:
-        result = run.run(on_epoch=progress.on_epoch, on_batch=progress.on_batch)
+    if run.resumed_from is not None:
+        where = f", batch {state.batch} of {run.trainer.batches}" if state.batch else ""
+        note(f"resuming {run.out} after epoch {state.epoch}{where}, up to epoch {options.epochs}")
+    with EpochProgress(options.epochs) as progress:
+        progress.epoch = state.epoch + 1
+        try:
+            result = run.run(on_epoch=progress.on_epoch, on_batch=progress.on_batch)
+        except TrainingInterrupted as stop:
+            where = f", batch {stop.batch} of {stop.batches}" if stop.batch else ""
+            note(
+                f"interrupted: checkpoint saved to {stop.path} after epoch {stop.epoch}{where}; "
+                f"continue with: cnntool train --resume {stop.path}"
+            )
+            raise typer.Exit(130) from None
+    if result["status"] == "stopped_early":
+        note(
+            f"stopped early after epoch {result['epochs']}: {options.monitor} last improved at epoch "
+            f"{result['best_epoch']}, whose weights the bundle holds"
+        )
+    elif result["best_epoch"] is not None:
+        note(f"best epoch by {options.monitor}: {result['best_epoch']}, whose weights the bundle holds")
     test = result["test"]
     if test is not None:
         note(f"test: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f}")

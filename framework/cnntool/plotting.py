@@ -1,0 +1,93 @@
+"""Pictures of a training history: loss and accuracy, training and validation, per epoch.
+
+Built on a bare matplotlib `Figure` with the Agg canvas (no pyplot, no display, no global
+state), so it works on servers and in threads. matplotlib is an optional dependency:
+`pip install 'cnntool[plot]'`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from cnntool.errors import CnntoolError
+
+SERIES = (("loss", "loss"), ("accuracy", "accuracy"))
+
+
+def require_matplotlib() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise CnntoolError(
+            "plotting needs matplotlib, which is not installed: pip install 'cnntool[plot]'"
+        ) from None
+    return matplotlib
+
+
+def history_figure(history: list[dict], *, title: str | None = None, best_epoch: int | None = None) -> Any:
+    """A figure with two panels, loss and accuracy against the epoch, each with a
+    `training` line and, where the history has validation scores, a `validation` line;
+    a dotted vertical line marks `best_epoch` (early stopping's pick)."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    epochs = [record["epoch"] for record in history]
+    for index, (key, label) in enumerate(SERIES):
+        axes = figure.add_subplot(1, 2, index + 1)
+        axes.plot(epochs, [value(record.get(key)) for record in history], "o-", label="training")
+        validation = [value(record.get(f"val_{key}")) for record in history]
+        if any(not math.isnan(v) for v in validation):
+            axes.plot(epochs, validation, "s--", label="validation")
+        if best_epoch is not None:
+            axes.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(label)
+        axes.set_title(label)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.legend()
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def value(number: Any) -> float:
+    """A plottable float: missing scores become NaN (a gap in the line)."""
+    return float(number) if isinstance(number, (int, float)) and not isinstance(number, bool) else math.nan
+
+
+def plot_bundle(bundle: str | Path, out: str | Path) -> dict[str, Any]:
+    """Draw a bundle's training history into an image file (PNG, SVG or PDF, by suffix)."""
+    from cnntool.bundle import read_bundle
+
+    require_matplotlib()
+    raw = read_bundle(bundle)
+    history = raw.meta.get("history")
+    if not isinstance(history, list) or not history:
+        raise CnntoolError(
+            f"{bundle}: has no training history to plot (it was not written by `cnntool train`)"
+        )
+    if not all(isinstance(record, dict) and isinstance(record.get("epoch"), int) for record in history):
+        raise CnntoolError(f"{bundle}: the training history in its meta is malformed")
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise CnntoolError(f"cannot write {out}: folder {out.parent} does not exist")
+    name = raw.spec.get("name", "network") if isinstance(raw.spec, dict) else "network"
+    dataset = raw.meta.get("dataset", {}).get("name") if isinstance(raw.meta.get("dataset"), dict) else None
+    best = raw.meta.get("best_epoch")
+    figure = history_figure(
+        history,
+        title=f"{name} on {dataset}" if dataset else str(name),
+        best_epoch=best if isinstance(best, int) and not isinstance(best, bool) else None,
+    )
+    try:
+        figure.savefig(out, dpi=100)
+    except (OSError, ValueError) as exc:
+        raise CnntoolError(f"cannot write {out}: {exc}") from None
+    return {"plot": str(out), "bundle": str(bundle), "epochs": len(history)}
