@@ -147,7 +147,7 @@ net = cnntool.Network.from_spec({spec!r}, seed=0)
 net.train_step(np.zeros((2, 1, 28, 28), np.float32), np.zeros(2, np.int64))
 net.layers[0].forward(np.zeros((2, 1, 28, 28), np.float32))  # a kernel called on its own
 step = net.plan.module.train_step
-kernel = conv.conv2d_forward_shifted
+kernel = conv.conv2d_forward_wide
 print(json.dumps({{"hits": sum(step.stats.cache_hits.values()),
                    "misses": sum(step.stats.cache_misses.values()),
                    "kernel_hits": sum(kernel.stats.cache_hits.values()),

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,10 @@ DIGITS = ROOT / "models" / "digits"
 EXTRAS_SPEC = ROOT / "plugins" / "cnntool-extras" / "examples" / "extras_cnn.json"
 EXTRAS = "cnntool-extras==0.1.0"
 BROKEN = "cnntool-broken==0.2.0"
-BUILTINS = {"conv2d", "dense", "flatten", "maxpool2d", "relu", "softmax"}
+# cnntool's own layer types, as its pyproject.toml declares them in the entry-point group.
+BUILTINS = set(
+    tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["cnntool.layers"]
+)
 
 BROKEN_WARNINGS = [
     f"layer type 'relu' is claimed by {BROKEN} (cnntool_broken.layers:FakeReLU) and by cnntool's "

@@ -12,6 +12,7 @@ otherwise it runs layer by layer. Both give the same results.
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from cnntool.errors import CnntoolError, InputError
 from cnntool.layers.base import Layer, Shape
 from cnntool.spec import plan_layers, validate_spec
+from cnntool.threads import ensure_threads, run_parallel
 
 FUSE_ENV = "CNNTOOL_FUSE"
 # Below this many examples per thread, splitting a batch across threads costs more than it saves.
@@ -36,17 +38,25 @@ class Network:
         self.flat_params, self.param_offsets = consolidate(layers, "params")
         self.flat_grads, _ = consolidate(layers, "grads")
         self.flat_state, self.state_offsets = consolidate(layers, "state")
+        # Random layers (dropout) hash [seed, step] (cnntool.layers.base.RANDOM): every forward
+        # in training mode takes the next step, so each gets fresh masks, reproducibly.
+        self.random = np.zeros(2, np.int64)
+        for layer in layers:
+            layer.random = self.random
         self.use_plan = os.environ.get(FUSE_ENV, "1").strip() != "0"
         self._plan: Any = None
         self._plan_checked = False
         self._last_x: np.ndarray | None = None
-        self._grad_buffers: dict[int, np.ndarray] = {}
+        self._runners: dict[tuple[str, int, int], Any] = {}
+        self._input_shape = tuple(spec.input_shape)
 
     @classmethod
     def from_spec(cls, spec: Any, *, seed: int = 0, registry: Any = None) -> Network:
         """Validate `spec` (a dict, JSON text or a path), build every layer and initialise
         the parameters from `seed`: the same seed gives the same weights."""
-        return cls.build(validate_spec(spec, registry), np.random.default_rng(seed), registry)
+        net = cls.build(validate_spec(spec, registry), np.random.default_rng(seed), registry)
+        net.random[0] = seed
+        return net
 
     @classmethod
     def build(cls, spec: Any, rng: np.random.Generator | None, registry: Any = None) -> Network:
@@ -127,6 +137,8 @@ class Network:
         """x (N, C, H, W) -> the last layer's output (N, classes), a fresh array."""
         x = self.check_input(x)
         self._last_x = x
+        if training:
+            self.random[1] += 1
         plan = self.plan
         if plan is not None:
             return plan.forward(x, training).copy()
@@ -167,6 +179,13 @@ class Network:
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """A C-contiguous float32 (N, C, H, W) batch matching the input shape, or InputError."""
+        if (
+            type(x) is np.ndarray
+            and x.dtype == np.float32
+            and x.ndim == 4
+            and x.shape[1:] == self._input_shape
+        ):
+            return x if x.flags.c_contiguous else np.ascontiguousarray(x)
         x = np.asarray(x)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise InputError(
@@ -179,75 +198,96 @@ class Network:
         """Class probabilities (N, classes) for model-ready inputs, in batches."""
         x = self.check_input(x)
         probs = np.empty((x.shape[0], self.output_shape[0]), np.float32)
-        plan = self.plan
-        if plan is None:
-            from cnntool.kernels.activation import softmax_forward
-
-            for start in range(0, x.shape[0], batch_size):
-                logits = self.run_forward(x[start : start + batch_size], stop=self.head)
-                softmax_forward(logits, probs[start : start + batch_size])
-            return probs
         for start in range(0, x.shape[0], batch_size):
             stop = min(start + batch_size, x.shape[0])
-            self.split(start, stop, lambda a, b, w: plan.predict(x[a:b], probs[a:b], w))
+            self.runner("predict", stop - start)(x[start:stop], probs[start:stop])
         return probs
 
     def train_step(self, x: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
         """Forward, softmax cross-entropy (mean over the batch) from the logits, backward.
         Fills the gradients; returns the summed loss and the number of correct predictions.
         `x` must be C-contiguous float32 and `labels` int64, as the training loop makes them."""
-        n = x.shape[0]
-        plan = self.plan
-        if plan is None:
-            from cnntool.kernels.loss import softmax_cross_entropy
-
-            logits = self.run_forward(x, training=True, stop=self.head)
-            grad = self._grad_buffers.get(n)
-            if grad is None:
-                grad = self._grad_buffers[n] = np.empty((n, logits.shape[1]), np.float32)
-            loss, correct = softmax_cross_entropy(logits, labels, grad, 1.0 / n)
-            self.run_backward(grad, need_input_grad=False, start=self.head)
-            return loss, correct
-        scale = 1.0 / n
-        results = self.split(0, n, lambda a, b, w: plan.train_step(x[a:b], labels[a:b], scale, w))
-        for worker in range(1, len(results)):
-            np.add(self.flat_grads, plan.workspace(results[worker][2], worker).grads, out=self.flat_grads)
-        return sum(r[0] for r in results), sum(r[1] for r in results)
+        self.random[1] += 1  # a new draw of every random layer (dropout masks)
+        return self.runner("train_step", x.shape[0])(x, labels)
 
     def evaluate_batch(self, x: np.ndarray, labels: np.ndarray, predictions: np.ndarray) -> tuple[float, int]:
         """Summed loss and correct count in inference mode; predicted classes into `predictions`."""
+        return self.runner("evaluate", x.shape[0])(x, labels, predictions)
+
+    def runner(self, task: str, n: int) -> Any:
+        """The function doing `task` ("train_step", "evaluate" or "predict") on batches of n,
+        with everything that does not change between batches bound once: the hot path."""
+        key = (task, n, ensure_threads())
+        run = self._runners.get(key)
+        if run is None:
+            generation = self._plan.generation if self._plan is not None else 0
+            run = self._make_runner(task, n)
+            if self._plan is not None and self._plan.generation != generation:
+                self._runners.clear()  # a workspace grew: the others hold its old arrays
+            self._runners[key] = run
+        return run
+
+    def _make_runner(self, task: str, n: int) -> Any:
         plan = self.plan
         if plan is None:
-            from cnntool.kernels.loss import argmax_rows, softmax_cross_entropy
+            return self._layer_by_layer_runner(task, n)
+        compiled = getattr(plan.module, task)
+        scale = (1.0 / n,) if task == "train_step" else ()
+        bounds = self.pieces(n)
+        if len(bounds) == 2:
+            arrays = (*scale, *plan.arrays(plan.workspace(n)))
+            return lambda *batch: compiled(*batch, *arrays)
+        pieces = list(itertools.pairwise(bounds))
+        # Each piece knows where it starts in the batch, so random layers draw the same
+        # numbers for an example whatever the cut.
+        spaces = [
+            (*scale, *plan.arrays(plan.workspace(b - a, k), offset=a)) for k, (a, b) in enumerate(pieces)
+        ]
 
+        def split(*batch: np.ndarray) -> Any:
+            jobs = [
+                (lambda a=a, b=b, arrays=arrays: compiled(*(item[a:b] for item in batch), *arrays))
+                for (a, b), arrays in zip(pieces, spaces, strict=True)
+            ]
+            results = run_parallel(jobs)
+            if task == "predict":
+                return None
+            if task == "train_step":
+                for arrays in spaces[1:]:
+                    np.add(self.flat_grads, arrays[len(scale) + 1], out=self.flat_grads)
+            return sum(r[0] for r in results), sum(r[1] for r in results)
+
+        return split
+
+    def _layer_by_layer_runner(self, task: str, n: int) -> Any:
+        from cnntool.kernels.activation import softmax_forward
+        from cnntool.kernels.loss import argmax_rows, softmax_cross_entropy
+
+        grad = np.empty((n, self.layers[self.head - 1].output_shape[0]), np.float32)
+
+        def train_step(x: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+            logits = self.run_forward(x, training=True, stop=self.head)
+            loss, correct = softmax_cross_entropy(logits, labels, grad, 1.0 / n)
+            self.run_backward(grad, need_input_grad=False, start=self.head)
+            return loss, correct
+
+        def evaluate(x: np.ndarray, labels: np.ndarray, predictions: np.ndarray) -> tuple[float, int]:
             logits = self.run_forward(x, stop=self.head)
             argmax_rows(logits, predictions)
-            return softmax_cross_entropy(logits, labels, np.empty_like(logits), 0.0)
-        results = self.split(
-            0, x.shape[0], lambda a, b, w: plan.evaluate(x[a:b], labels[a:b], predictions[a:b], w)
-        )
-        return sum(r[0] for r in results), sum(r[1] for r in results)
+            return softmax_cross_entropy(logits, labels, grad, 0.0)
 
-    def split(self, start: int, stop: int, task: Any) -> list[tuple]:
-        """Run task(a, b, worker) over [start, stop) cut into one piece per thread (one piece
-        when the batch is small or a layer couples examples); returns
-        (result..., piece size) per piece, in order."""
-        from cnntool.threads import ensure_threads, run_parallel
+        def predict(x: np.ndarray, probs: np.ndarray) -> None:
+            softmax_forward(self.run_forward(x, stop=self.head), probs)
 
-        n = stop - start
-        pieces = min(ensure_threads(), n // MIN_EXAMPLES_PER_THREAD)
-        if pieces <= 1 or not all(layer.per_example for layer in self.layers):
-            result = task(start, stop, 0)
-            return [(*result, n) if isinstance(result, tuple) else (result, n)]
-        bounds = [start + (n * k) // pieces for k in range(pieces + 1)]
-        jobs = [(lambda a=bounds[k], b=bounds[k + 1], w=k: task(a, b, w)) for k in range(pieces)]
-        results = run_parallel(jobs)
-        return [
-            (*result, bounds[k + 1] - bounds[k])
-            if isinstance(result, tuple)
-            else (result, bounds[k + 1] - bounds[k])
-            for k, result in enumerate(results)
-        ]
+        return {"train_step": train_step, "evaluate": evaluate, "predict": predict}[task]
+
+    def pieces(self, n: int) -> list[int]:
+        """Bounds cutting a batch of n into one piece per thread; a single piece when the
+        batch is small or a layer couples the examples of a batch."""
+        count = min(ensure_threads(), n // MIN_EXAMPLES_PER_THREAD)
+        if count <= 1 or not all(layer.per_example for layer in self.layers):
+            return [0, n]
+        return [(n * k) // count for k in range(count + 1)]
 
     def load_arrays(self, weights: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> None:
         """Copy arrays into the live parameters and buffers (shapes already checked)."""

@@ -138,6 +138,8 @@ class Generator:
             return f"L{index}_{ref.name}"
         if ref.kind == "scratch":
             return f"T{index}_{ref.name}"
+        if ref.kind in ("random", "offset"):  # arguments of every plan function (see RANDOM)
+            return ref.kind
         raise ValueError(f"unknown reference {ref}")
 
     def flat_view(self, kind: str, key: str) -> str:
@@ -221,7 +223,7 @@ class Generator:
         net = self.net
         head = net.head
         ind = "    "
-        arrays = "params, grads, state, ws, iws, sws, siws"
+        arrays = "params, grads, state, ws, iws, sws, siws, random, offset"
         body: list[str] = []
 
         predict, outs = self.forward_lines(head, False, ind)
@@ -359,7 +361,8 @@ def load_module(source: str) -> ModuleType:
 
 
 class Workspace:
-    """The per-example and scratch pools for one batch size (one per worker thread)."""
+    """The per-example and scratch pools of one worker thread, for batches of up to n
+    examples (the compiled functions take the views a smaller batch needs from the front)."""
 
     def __init__(self, layout: Layout, n: int, grads: np.ndarray) -> None:
         self.n = n
@@ -379,19 +382,33 @@ class Plan:
         self.source = generator.source()
         self.layout = generator.layout
         self.module = load_module(self.source)
-        self.workspaces: dict[tuple[int, int], Workspace] = {}
+        self.workspaces: dict[int, Workspace] = {}
+        # Counts workspace replacements, so callers holding on to the old arrays rebind.
+        self.generation = 0
 
     def workspace(self, n: int, worker: int = 0) -> Workspace:
-        key = (n, worker)
-        space = self.workspaces.get(key)
-        if space is None:
-            grads = self.net.flat_grads if worker == 0 else aligned_zeros(self.net.flat_grads.size)
-            space = self.workspaces[key] = Workspace(self.layout, n, grads)
+        """The worker's workspace, grown (replaced) when it holds fewer than n examples; one
+        per worker, whatever the batch sizes seen, so memory follows the largest batch."""
+        space = self.workspaces.get(worker)
+        if space is None or space.n < n:
+            if space is not None:
+                grads = space.grads
+            elif worker == 0:
+                grads = self.net.flat_grads
+            else:
+                grads = aligned_zeros(self.net.flat_grads.size)
+            space = self.workspaces[worker] = Workspace(self.layout, n, grads)
+            self.generation += 1
         return space
 
-    def arrays(self, space: Workspace) -> tuple:
+    def arrays(self, space: Workspace, offset: int = 0) -> tuple:
+        """The trailing arguments of every plan function; `offset` is the index of x's first
+        example in the whole batch (for random layers, see cnntool.layers.base.OFFSET)."""
         net = self.net
-        return (net.flat_params, space.grads, net.flat_state, space.ws, space.iws, space.sws, space.siws)
+        return (
+            net.flat_params, space.grads, net.flat_state, space.ws, space.iws, space.sws, space.siws,
+            net.random, offset,
+        )  # fmt: skip
 
     def predict(self, x: np.ndarray, probs: np.ndarray, worker: int = 0) -> None:
         self.module.predict(x, probs, *self.arrays(self.workspace(x.shape[0], worker)))
@@ -406,7 +423,7 @@ class Plan:
         return self.module.evaluate(x, labels, predictions, *self.arrays(self.workspace(x.shape[0], worker)))
 
     def train_step(
-        self, x: np.ndarray, labels: np.ndarray, grad_scale: float, worker: int = 0
+        self, x: np.ndarray, labels: np.ndarray, grad_scale: float, worker: int = 0, offset: int = 0
     ) -> tuple[float, int]:
         space = self.workspace(x.shape[0], worker)
-        return self.module.train_step(x, labels, grad_scale, *self.arrays(space))
+        return self.module.train_step(x, labels, grad_scale, *self.arrays(space, offset))

@@ -16,5 +16,7 @@ def gather_batch(images, labels, order, start, scale, mean, inv_std, out, out_la
     for b in range(out.shape[0]):
         row = order[start + b]
         out_labels[b] = labels[row]
+        source = src[row]
+        target = dst[b]
         for i in range(per_image):
-            dst[b, i] = (np.float32(src[row, i]) * s - m) * k
+            target[i] = (np.float32(source[i]) * s - m) * k

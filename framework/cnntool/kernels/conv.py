@@ -2,12 +2,12 @@
 
 Shapes: x (N, C, H, W), weight (O, C, KH, KW), out (N, O, OH, OW).
 
-Stride 1 ("shifted products"): with the image padded to (C, HP, WP) and flattened per
-channel, the input values a kernel tap (i, j) meets are one contiguous run per channel,
-starting at i*WP + j. So out[n] = sum over taps of W_ij (O, C) @ X_ij (C, L), where X_ij is a
-strided view of the image, no copy at all. The product is computed on rows of width WP (the
-last KW - 1 columns of each row are spill-over and dropped), L = OH*WP - (KW - 1). The
-backward pass is the same trick transposed.
+Stride 1 (wide im2col): with the image padded to (C, HP, WP) and flattened, the values a
+kernel tap (c, i, j) meets are one contiguous run, starting at c*HP*WP + i*WP + j. Copying
+each run into a row of `cols` (C*KH*KW, L) is a plain memory copy, and
+out[n] = weight (O, C*KH*KW) @ cols is one product computed on rows of the padded width WP:
+the last KW - 1 columns of each output row are spill-over and are cropped, L = OH*WP - (KW - 1).
+The backward pass transposes the same product.
 
 Any stride (im2col): cols[n] (C*KH*KW, OH*OW) gets, in row (c*KH + i)*KW + j and column
 p*OW + q, the value x[n, c, p*SH + i - PT, q*SW + j - PL] (zero in the padding); then
@@ -165,34 +165,56 @@ def pad_image(image, pad_top, pad_left, padded):
     padded[:] = 0.0
     for c in range(channels):
         for h in range(height):
+            source = image[c, h]
+            target = padded[c, pad_top + h, pad_left : pad_left + width]
             for w in range(width):
-                padded[c, pad_top + h, pad_left + w] = image[c, h, w]
+                target[w] = source[w]
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def repack_taps(weight, taps):
-    """taps[i*KW + j, o, c] = weight[o, c, i, j]: one (O, C) matrix per kernel tap."""
-    out_channels, channels, kh, kw = weight.shape
-    for o in range(out_channels):
-        for c in range(channels):
-            for i in range(kh):
-                for j in range(kw):
-                    taps[i * kw + j, o, c] = weight[o, c, i, j]
+def im2col_rows(image, channels, height, width, kh, kw, span, cols):
+    """Wide im2col for stride 1: cols[(c*KH + i)*KW + j, l] = image[c*H*W + i*W + j + l], one
+    contiguous run per row (image is one padded image, flattened; l < span)."""
+    # Indices into the slices are loop counters only: numba then knows they are not
+    # negative, drops its wraparound checks and the copies vectorise.
+    for c in range(channels):
+        for i in range(kh):
+            for j in range(kw):
+                row = cols[(c * kh + i) * kw + j]
+                start = c * height * width + i * width + j
+                source = image[start : start + span]
+                for k in range(span):
+                    row[k] = source[k]
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def conv2d_forward_shifted(x, weight, bias, use_bias, pad_top, pad_left, taps, padded, full, out):
-    """Stride-1 convolution: out[n] = bias + sum_{i,j} W_ij @ X_ij (see the module docs).
+def col2im_rows(cols, channels, height, width, kh, kw, span, grad_image):
+    """The adjoint of im2col_rows: each row of cols is added back onto its run of the image."""
+    for c in range(channels):
+        for i in range(kh):
+            for j in range(kw):
+                row = cols[(c * kh + i) * kw + j]
+                start = c * height * width + i * width + j
+                target = grad_image[start : start + span]
+                for k in range(span):
+                    target[k] += row[k]
 
-    Scratch: taps (KH*KW, O, C), padded (C, HP, WP) (unused without padding),
-    full (O, OH*WP).
+
+@njit(cache=True, fastmath=True, nogil=True)
+def conv2d_forward_wide(x, weight, bias, use_bias, pad_top, pad_left, padded, cols, full, out):
+    """Stride-1 convolution with wide im2col: out[n] = W (O, C*KH*KW) @ cols, computed on rows
+    of the padded width WP and cropped to OW (see the module docs).
+
+    Scratch: padded (C, HP, WP) (unused without padding), cols (C*KH*KW, L), full (O, OH*WP).
     """
-    n_images, out_channels, oh, ow = out.shape
+    n_images, out_channels, oh = out.shape[0], out.shape[1], out.shape[2]
     channels, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
     padding = padded.shape[1] != x.shape[2] or padded.shape[2] != x.shape[3]
     hp, wp = (padded.shape[1], padded.shape[2]) if padding else (x.shape[2], x.shape[3])
-    span = oh * wp - (kw - 1)
-    repack_taps(weight, taps)
+    rows, span = cols.shape
+    stride = oh * wp
+    flat_weight = weight.reshape(weight.size)
+    flat_cols = cols.reshape(cols.size)
     flat_full = full.reshape(full.size)
     for n in range(n_images):
         if padding:
@@ -200,77 +222,122 @@ def conv2d_forward_shifted(x, weight, bias, use_bias, pad_top, pad_left, taps, p
             source = padded.reshape(padded.size)
         else:
             source = x[n].reshape(channels * hp * wp)
-        for i in range(kh):
-            for j in range(kw):
-                tap = taps[i * kw + j].reshape(out_channels * channels)
-                beta = 0.0 if i == 0 and j == 0 else 1.0
-                gemm(NO, NO, out_channels, span, channels, 1.0, tap, channels,
-                     source[i * wp + j :], hp * wp, beta, flat_full, oh * wp)  # fmt: skip
-        for o in range(out_channels):
-            b = bias[o] if use_bias else np.float32(0.0)
-            for p in range(oh):
-                for q in range(ow):
-                    out[n, o, p, q] = full[o, p * wp + q] + b
+        im2col_rows(source, channels, hp, wp, kh, kw, span, cols)
+        gemm(
+            NO, NO, out_channels, span, rows, 1.0, flat_weight, rows, flat_cols, span, 0.0, flat_full, stride
+        )
+        crop(full, wp, bias, use_bias, out[n])
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def conv2d_backward_shifted(
+def conv2d_backward_wide(
     grad_out, x, weight, use_bias, need_grad_x, pad_top, pad_left,
-    taps, tap_grads, padded, padded_grad, full, grad_weight, grad_bias, grad_x,
+    padded, padded_grad, cols, full, grad_weight, grad_bias, grad_x,
 ):  # fmt: skip
-    """Stride-1 backward, per image with G = grad_out[n] spread on rows of width WP:
-    dW_ij = sum_n G @ X_ij.T,  db = sum of G,  dX_ij += W_ij.T @ G (then cropped).
+    """Stride-1 backward with wide im2col, per image with G = grad_out[n] on rows of width WP
+    (zeros in the cropped columns): dW += G @ cols.T, db += sum of G, dX = col2im(W.T @ G).
 
-    taps must hold the repacked weights of the forward pass. Scratch: tap_grads
-    (KH*KW, O, C), padded and padded_grad (C, HP, WP), full (O, OH*WP).
+    The image's columns are rebuilt here rather than kept from the forward pass: a
+    contiguous copy costs less than holding them for a whole batch.
     """
-    n_images, out_channels, oh, ow = grad_out.shape
+    n_images, out_channels, oh = grad_out.shape[0], grad_out.shape[1], grad_out.shape[2]
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     kh, kw = weight.shape[2], weight.shape[3]
     padding = padded.shape[1] != height or padded.shape[2] != width
     hp, wp = (padded.shape[1], padded.shape[2]) if padding else (height, width)
-    span = oh * wp - (kw - 1)
+    rows, span = cols.shape
+    stride = oh * wp
+    flat_weight = weight.reshape(weight.size)
+    flat_grad_weight = grad_weight.reshape(grad_weight.size)
+    flat_cols = cols.reshape(cols.size)
     flat_full = full.reshape(full.size)
     full[:] = 0.0
     if use_bias:
         grad_bias[:] = 0.0
     for n in range(n_images):
-        for o in range(out_channels):
-            total = np.float32(0.0)
-            for p in range(oh):
-                for q in range(ow):
-                    g = grad_out[n, o, p, q]
-                    full[o, p * wp + q] = g
-                    total += g
-            if use_bias:
-                grad_bias[o] += total
+        widen(grad_out[n], wp, use_bias, grad_bias, full)
         if padding:
             pad_image(x[n], pad_top, pad_left, padded)
             source = padded.reshape(padded.size)
         else:
             source = x[n].reshape(channels * hp * wp)
+        im2col_rows(source, channels, hp, wp, kh, kw, span, cols)
         beta = 0.0 if n == 0 else 1.0
-        for i in range(kh):
-            for j in range(kw):
-                tap_grad = tap_grads[i * kw + j].reshape(out_channels * channels)
-                gemm(NO, YES, out_channels, channels, span, 1.0, flat_full, oh * wp,
-                     source[i * wp + j :], hp * wp, beta, tap_grad, channels)  # fmt: skip
+        gemm(
+            NO,
+            YES,
+            out_channels,
+            rows,
+            span,
+            1.0,
+            flat_full,
+            stride,
+            flat_cols,
+            span,
+            beta,
+            flat_grad_weight,
+            rows,
+        )
         if need_grad_x:
+            gemm(
+                YES,
+                NO,
+                rows,
+                span,
+                out_channels,
+                1.0,
+                flat_weight,
+                rows,
+                flat_full,
+                stride,
+                0.0,
+                flat_cols,
+                span,
+            )
             target = padded_grad if padding else grad_x[n]
             target[:] = 0.0
-            flat_target = target.reshape(channels * hp * wp)
-            for i in range(kh):
-                for j in range(kw):
-                    gemm(YES, NO, channels, span, out_channels, 1.0,
-                         taps[i * kw + j].reshape(out_channels * channels), channels,
-                         flat_full, oh * wp, 1.0, flat_target[i * wp + j :], hp * wp)  # fmt: skip
+            col2im_rows(cols, channels, hp, wp, kh, kw, span, target.reshape(channels * hp * wp))
             if padding:
-                for c in range(channels):
-                    for h in range(height):
-                        for w in range(width):
-                            grad_x[n, c, h, w] = padded_grad[c, pad_top + h, pad_left + w]
+                crop_padding(padded_grad, pad_top, pad_left, grad_x[n])
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def crop(full, wp, bias, use_bias, out):
+    """out[o, p, q] = full[o, p*WP + q] + bias[o]: the product's rows cut to the output width."""
+    out_channels, oh, ow = out.shape
     for o in range(out_channels):
-        for c in range(channels):
-            for i in range(kh):
-                for j in range(kw):
-                    grad_weight[o, c, i, j] = tap_grads[i * kw + j, o, c]
+        b = bias[o] if use_bias else np.float32(0.0)
+        for p in range(oh):
+            source = full[o, p * wp : p * wp + ow]
+            target = out[o, p]
+            for q in range(ow):
+                target[q] = source[q] + b
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def widen(grad, wp, use_bias, grad_bias, full):
+    """full[o, p*WP + q] = grad[o, p, q] (the columns past OW stay as they are: zero), and
+    grad_bias[o] += sum of grad[o]."""
+    out_channels, oh, ow = grad.shape
+    for o in range(out_channels):
+        total = np.float32(0.0)
+        for p in range(oh):
+            source = grad[o, p]
+            target = full[o, p * wp : p * wp + ow]
+            for q in range(ow):
+                target[q] = source[q]
+                total += source[q]
+        if use_bias:
+            grad_bias[o] += total
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def crop_padding(padded, pad_top, pad_left, image):
+    """image = the part of padded inside the padding (the adjoint of pad_image)."""
+    channels, height, width = image.shape
+    for c in range(channels):
+        for h in range(height):
+            source = padded[c, pad_top + h, pad_left : pad_left + width]
+            target = image[c, h]
+            for w in range(width):
+                target[w] = source[w]

@@ -59,6 +59,12 @@ class Array(NamedTuple):
 Call = tuple[Callable, tuple[Any, ...]]
 X = Ref("x")
 GRAD_OUT = Ref("grad_out")
+# For layers that draw random numbers (dropout): the network's random stream, an int64
+# array [seed, step] whose step advances with every forward pass in training mode, and
+# the index within the whole batch of the first example the call sees (a batch may be cut
+# into pieces across threads). Random numbers made from these never depend on the cut.
+RANDOM = Ref("random")
+OFFSET = Ref("offset")
 
 
 def param(name: str) -> Ref:
@@ -124,6 +130,8 @@ class Layer:
         # False for the first layer of a network while training: its input gradient is
         # never used, so layers may skip computing it.
         self.need_input_grad = True
+        # The random stream (see RANDOM); a network shares its own with all its layers.
+        self.random = np.zeros(2, np.int64)
         self._buffers: dict[str, np.ndarray] = {}
 
     # --- shapes: pure functions of the input shape, no allocation -------------------------
@@ -228,6 +236,10 @@ class Layer:
                 return self.grads[arg.name]
             if arg.kind == "state":
                 return self.state[arg.name]
+            if arg.kind == "random":
+                return self.random
+            if arg.kind == "offset":
+                return 0
             if arg.kind == "buf":
                 spec = self.buffers()[arg.name]
                 return self.buffer(arg.name, (n, *spec.shape), spec.dtype)

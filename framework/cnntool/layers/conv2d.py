@@ -9,9 +9,9 @@ from pydantic import Field
 
 from cnntool.kernels.conv import (
     conv2d_backward,
-    conv2d_backward_shifted,
+    conv2d_backward_wide,
     conv2d_forward,
-    conv2d_forward_shifted,
+    conv2d_forward_wide,
 )
 from cnntool.layers.base import (
     GRAD_OUT,
@@ -108,10 +108,11 @@ class Conv2D(Layer):
             return INITIALIZERS[self.config.init](shape, rng)
         return np.zeros(shape, np.float32)
 
-    # Stride 1 uses the shifted products (no im2col copy); other strides use im2col.
+    # Stride 1 uses the wide im2col (contiguous copies, see kernels/conv.py); other strides
+    # use the classic im2col.
 
     @property
-    def shifted(self) -> bool:
+    def wide(self) -> bool:
         return pair(self.config.stride) == (1, 1)
 
     @property
@@ -122,7 +123,7 @@ class Conv2D(Layer):
 
     def buffers(self) -> dict[str, Array]:
         arrays = {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
-        if not self.shifted:
+        if not self.wide:
             _, oh, ow = self.output_shape
             # Each image's im2col columns, kept from forward for the weight gradient.
             arrays["cols"] = Array((self.rows, oh * ow))
@@ -131,15 +132,15 @@ class Conv2D(Layer):
     def scratch_arrays(self) -> dict[str, Array]:
         filters, oh, ow = self.output_shape
         channels, height, width = self.input_shape
-        kh, kw = pair(self.config.kernel_size)
+        _, kw = pair(self.config.kernel_size)
         top, left, bottom, right = self.padding(self.input_shape)
-        if self.shifted:
+        if self.wide:
             padded = Array((channels, height + top + bottom, width + left + right))
+            span = oh * padded.shape[2] - (kw - 1)
             arrays = {
-                "taps": Array((kh * kw, filters, channels)),
-                "tap_grads": Array((kh * kw, filters, channels)),
                 "padded": padded,
                 "padded_grad": padded,
+                "cols": Array((self.rows, span)),
                 "full": Array((filters, oh * padded.shape[2])),
             }
         else:
@@ -152,10 +153,10 @@ class Conv2D(Layer):
         sh, sw = pair(self.config.stride)
         top, left, _, _ = self.padding(self.input_shape)
         bias = param("bias") if self.config.use_bias else scratch("no_bias")
-        if self.shifted:
+        if self.wide:
             args = (X, param("weight"), bias, self.config.use_bias, top, left,
-                    scratch("taps"), scratch("padded"), scratch("full"), buf("out"))  # fmt: skip
-            return [(conv2d_forward_shifted, args)]
+                    scratch("padded"), scratch("cols"), scratch("full"), buf("out"))  # fmt: skip
+            return [(conv2d_forward_wide, args)]
         args = (X, param("weight"), bias, self.config.use_bias, sh, sw, top, left, buf("cols"), buf("out"))
         return [(conv2d_forward, args)]
 
@@ -163,13 +164,13 @@ class Conv2D(Layer):
         sh, sw = pair(self.config.stride)
         top, left, _, _ = self.padding(self.input_shape)
         grad_bias = grad("bias") if self.config.use_bias else scratch("no_bias")
-        if self.shifted:
+        if self.wide:
             args = (
                 GRAD_OUT, X, param("weight"), self.config.use_bias, need_grad_x, top, left,
-                scratch("taps"), scratch("tap_grads"), scratch("padded"), scratch("padded_grad"),
-                scratch("full"), grad("weight"), grad_bias, buf("grad_x"),
+                scratch("padded"), scratch("padded_grad"), scratch("cols"), scratch("full"),
+                grad("weight"), grad_bias, buf("grad_x"),
             )  # fmt: skip
-            return [(conv2d_backward_shifted, args)]
+            return [(conv2d_backward_wide, args)]
         args = (
             GRAD_OUT, param("weight"), buf("cols"), self.config.use_bias, need_grad_x, sh, sw, top, left,
             scratch("grad_cols"), scratch("weight_step"), grad("weight"), grad_bias, buf("grad_x"),
