@@ -46,6 +46,31 @@ class TrainingConfig(BaseModel):
     )
     seed: Annotated[int, Field(ge=0, lt=1 << 63)] = 0
     val_split: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    lr_schedule: Literal["constant", "step", "cosine", "plateau"] = Field(
+        default="constant",
+        description="step: lr * lr_gamma every lr_step_size epochs; cosine: down to lr_min over the run; "
+        "plateau: lr * lr_gamma after lr_patience epochs without improvement of `monitor`.",
+    )
+    lr_step_size: Annotated[int, Field(ge=1, le=100_000)] = 10
+    lr_gamma: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    lr_patience: Annotated[int, Field(ge=0, le=100_000)] = 10
+    lr_min: Annotated[float, Field(ge=0, le=10)] = 0.0
+    warmup_epochs: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        default=0, description="Epochs over which the learning rate rises linearly, step by step, to lr."
+    )
+    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = Field(
+        default="val_loss", description="The metric early stopping and the plateau schedule watch."
+    )
+    early_stopping: Annotated[int, Field(ge=0, le=100_000)] | None = Field(
+        default=None,
+        description="Patience: stop after this many epochs without improvement of `monitor` (by more than "
+        "min_delta); the bundle then holds the best epoch's weights. Off when absent.",
+    )
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+    checkpoint_every: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        default=0, description="Write the bundle, with everything needed to resume, every N epochs (0: off)."
+    )
+    log: str | None = Field(default=None, description="File receiving one JSON line per epoch.")
 
 
 class SpecBase(BaseModel):

@@ -106,10 +106,11 @@ def root(
 
 
 def register() -> None:
-    from cnntool.cli import data, evaluate, infer, inspect, layers, plugin, serve, train, warmup
+    from cnntool.cli import data, evaluate, infer, inspect, layers, plot, plugin, serve, train, warmup
 
     app.command("train")(user_errors(train.train))
     app.command("inspect")(user_errors(inspect.inspect))
+    app.command("plot")(user_errors(plot.plot))
     app.command("infer")(user_errors(infer.infer))
     app.command("eval")(user_errors(evaluate.evaluate))
     app.command("serve")(user_errors(serve.serve))
