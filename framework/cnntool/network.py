@@ -21,7 +21,7 @@ import numpy as np
 from cnntool.errors import CnntoolError, InputError
 from cnntool.layers.base import Layer, Shape
 from cnntool.spec import plan_layers, validate_spec
-from cnntool.threads import ensure_threads, run_parallel
+from cnntool.threads import ensure_threads, run_parallel, use_blas_threads
 
 FUSE_ENV = "CNNTOOL_FUSE"
 # Below this many examples per thread, splitting a batch across threads costs more than it saves.
@@ -236,7 +236,13 @@ class Network:
         bounds = self.pieces(n)
         if len(bounds) == 2:
             arrays = (*scale, *plan.arrays(plan.workspace(n)))
-            return lambda *batch: compiled(*batch, *arrays)
+            threads = ensure_threads()
+
+            def whole(*batch: np.ndarray) -> Any:
+                use_blas_threads(threads)  # one piece: the matrix products may use every thread
+                return compiled(*batch, *arrays)
+
+            return whole
         pieces = list(itertools.pairwise(bounds))
         # Each piece knows where it starts in the batch, so random layers draw the same
         # numbers for an example whatever the cut.
@@ -245,6 +251,7 @@ class Network:
         ]
 
         def split(*batch: np.ndarray) -> Any:
+            use_blas_threads(1)  # the pieces run at once, one thread each
             jobs = [
                 (lambda a=a, b=b, arrays=arrays: compiled(*(item[a:b] for item in batch), *arrays))
                 for (a, b), arrays in zip(pieces, spaces, strict=True)

@@ -26,6 +26,7 @@ import importlib
 import importlib.util
 import math
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -219,52 +220,64 @@ class Generator:
                 )
         return lines
 
+    def function(self, signature: str, doc: list[str], code: list[str]) -> list[str]:
+        """One @njit function: its docstring, the views its code uses (only those: each costs
+        a little per call), then the code."""
+        ind = "    "
+        text = "\n".join(code)
+        views = [line for line in self.views(ind) if re.search(rf"\b{line.split('=')[0].strip()}\b", text)]
+        return [
+            "", "", "@njit(cache=True, nogil=True)", f"def {signature}:",
+            *([f'{ind}"""{doc[0]}"""'] if len(doc) == 1 else
+              [f'{ind}"""{doc[0]}', *(f"{ind}{line}" for line in doc[1:-1]), f'{ind}{doc[-1]}"""']),
+            f"{ind}n = x.shape[0]", *views, *code,
+        ]  # fmt: skip
+
     def source(self) -> str:
         net = self.net
         head = net.head
         ind = "    "
         arrays = "params, grads, state, ws, iws, sws, siws, random, offset"
+        loss = self.kernel(loss_kernel())
         body: list[str] = []
 
-        predict, outs = self.forward_lines(head, False, ind)
-        body += ["", "@njit(cache=True, nogil=True)", f"def predict(x, probs, {arrays}):",
-                 f'{ind}"""Class probabilities of x (N, C, H, W) into probs (N, classes)."""',
-                 f"{ind}n = x.shape[0]", *self.views(ind), *predict,
-                 f"{ind}{self.kernel(softmax_forward())}({outs[-1]}, probs)"]  # fmt: skip
-
-        body += ["", "@njit(cache=True, nogil=True)", f"def forward(x, training, {arrays}):",
-                 f'{ind}"""The last layer\'s output for x, in training or inference mode."""',
-                 f"{ind}n = x.shape[0]", *self.views(ind), f"{ind}if training:"]  # fmt: skip
-        lines, outs_train = self.forward_lines(len(net.layers), True, ind * 2)
-        body += [*lines, f"{ind * 2}return {outs_train[-1]}"]
-        lines, outs_infer = self.forward_lines(len(net.layers), False, ind)
-        body += [*lines, f"{ind}return {outs_infer[-1]}"]
-
-        views, saved = self.forward_lines(len(net.layers), True, ind, compute=False)
-        body += ["", "@njit(cache=True, nogil=True)", f"def backward(grad, x, {arrays}):",
-                 f'{ind}"""dL/dx from dL/d(output) after a forward in training mode; fills every',
-                 f'{ind}parameter gradient."""',
-                 f"{ind}n = x.shape[0]", *self.views(ind), *views,
-                 *self.backward_lines(len(net.layers), saved[:-1], "grad", True, ind),
-                 f"{ind}return {self.final_grad(len(net.layers), 'grad')}"]  # fmt: skip
-
-        lines, outs = self.forward_lines(head, True, ind)
-        loss = self.kernel(loss_kernel())
-        body += ["", "@njit(cache=True, nogil=True)", f"def train_step(x, labels, grad_scale, {arrays}):",
-                 f'{ind}"""Forward, softmax cross-entropy from the logits, backward; returns the summed',
-                 f'{ind}loss and the number of correct predictions. Gradients are scaled by grad_scale."""',
-                 f"{ind}n = x.shape[0]", *self.views(ind), *lines,
-                 f"{ind}loss, correct = {loss}({outs[-1]}, labels, grad_logits, grad_scale)",
-                 *self.backward_lines(head, outs[:-1], "grad_logits", False, ind),
-                 f"{ind}return loss, correct"]  # fmt: skip
-
         lines, outs = self.forward_lines(head, False, ind)
-        body += ["", "@njit(cache=True, nogil=True)", f"def evaluate(x, labels, predictions, {arrays}):",
-                 f'{ind}"""Summed loss and correct count of x in inference mode; the predicted class',
-                 f'{ind}of every row goes to predictions."""',
-                 f"{ind}n = x.shape[0]", *self.views(ind), *lines,
-                 f"{ind}{self.kernel(argmax_kernel())}({outs[-1]}, predictions)",
-                 f"{ind}return {loss}({outs[-1]}, labels, grad_logits, 0.0)"]  # fmt: skip
+        body += self.function(
+            f"predict(x, probs, {arrays})",
+            ["Class probabilities of x (N, C, H, W) into probs (N, classes)."],
+            [*lines, f"{ind}{self.kernel(softmax_forward())}({outs[-1]}, probs)"],
+        )
+        train_lines, outs_train = self.forward_lines(len(net.layers), True, ind * 2)
+        infer_lines, outs_infer = self.forward_lines(len(net.layers), False, ind)
+        body += self.function(
+            f"forward(x, training, {arrays})",
+            ["The last layer's output for x, in training or inference mode."],
+            [f"{ind}if training:", *train_lines, f"{ind * 2}return {outs_train[-1]}",
+             *infer_lines, f"{ind}return {outs_infer[-1]}"],
+        )  # fmt: skip
+        views, saved = self.forward_lines(len(net.layers), True, ind, compute=False)
+        body += self.function(
+            f"backward(grad, x, {arrays})",
+            ["dL/dx from dL/d(output) after a forward in training mode; fills every", "parameter gradient."],
+            [*views, *self.backward_lines(len(net.layers), saved[:-1], "grad", True, ind),
+             f"{ind}return {self.final_grad(len(net.layers), 'grad')}"],
+        )  # fmt: skip
+        lines, outs = self.forward_lines(head, True, ind)
+        body += self.function(
+            f"train_step(x, labels, grad_scale, {arrays})",
+            ["Forward, softmax cross-entropy from the logits, backward; returns the summed",
+             "loss and the number of correct predictions. Gradients are scaled by grad_scale."],
+            [*lines, f"{ind}loss, correct = {loss}({outs[-1]}, labels, grad_logits, grad_scale)",
+             *self.backward_lines(head, outs[:-1], "grad_logits", False, ind), f"{ind}return loss, correct"],
+        )  # fmt: skip
+        lines, outs = self.forward_lines(head, False, ind)
+        body += self.function(
+            f"evaluate(x, labels, predictions, {arrays})",
+            ["Summed loss and correct count of x in inference mode; the predicted class",
+             "of every row goes to predictions."],
+            [*lines, f"{ind}{self.kernel(argmax_kernel())}({outs[-1]}, predictions)",
+             f"{ind}return {loss}({outs[-1]}, labels, grad_logits, 0.0)"],
+        )  # fmt: skip
 
         imports = [
             f"from {fn.__module__} import {fn.__name__} as {alias}" for fn, alias in self.kernels.items()
@@ -279,7 +292,6 @@ class Generator:
             "from numba import njit",
             "",
             *sorted(imports),
-            "",
         ]
         return "\n".join(header + body) + "\n"
 

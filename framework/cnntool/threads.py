@@ -3,9 +3,11 @@
 `--threads N` on the command line or CNNTOOL_THREADS=N in the environment; default: the
 number of CPUs this process may use. cnntool parallelises itself, over the examples of a
 batch: a batch is cut into one piece per thread and each thread runs the compiled network
-on its piece (numba kernels release the GIL). So that two thread pools never fight over the
-same cores, every BLAS library (the matrix products inside the kernels) is limited to one
-thread, and numba's own pool is set to the same count for any kernel that uses prange.
+on its piece (numba kernels release the GIL). A batch too small to cut (a single example)
+instead lets the BLAS library inside the kernels use the threads for its matrix products.
+So the two never run at once: BLAS gets one thread while the batch pieces run, all of them
+otherwise (`use_blas_threads`), and every other BLAS library in the process (numpy's) stays
+at one. numba's own pool is set to the same count for any kernel that uses prange.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from cnntool.errors import CnntoolError
 THREADS_ENV = "CNNTOOL_THREADS"
 _configured: int | None = None
 _pool: ThreadPoolExecutor | None = None
+_blas_threads: int | None = None
+_blas_setter: Any = None
 
 
 def available_cpus() -> int:
@@ -55,9 +59,11 @@ def set_threads(threads: int | None = None) -> int:
 
     import cnntool.kernels.blas  # noqa: F401  (load the BLAS the kernels call, so it is limited too)
 
+    global _blas_threads
     count = requested_threads(threads)
     numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
     threadpool_limits(limits=1, user_api="blas")
+    _blas_threads = 1
     if _pool is not None and count != _configured:
         _pool.shutdown(wait=True)
         _pool = None
@@ -81,3 +87,36 @@ def run_parallel(jobs: list[Callable[[], Any]]) -> list[Any]:
     futures = [_pool.submit(job) for job in jobs[1:]]
     first = jobs[0]()
     return [first, *(future.result() for future in futures)]
+
+
+def use_blas_threads(count: int) -> None:
+    """Let the BLAS the kernels call use `count` threads (cheap when nothing changes)."""
+    global _blas_threads
+    if count == _blas_threads:
+        return
+    setter = blas_thread_setter()
+    if setter is not None:
+        setter(count)
+    _blas_threads = count
+
+
+def blas_thread_setter() -> Any:
+    """OpenBLAS's own thread-count function in the library the kernels call, or None."""
+    global _blas_setter
+    if _blas_setter is None:
+        import ctypes
+
+        from threadpoolctl import threadpool_info
+
+        import cnntool.kernels.blas  # noqa: F401  (loads it)
+
+        _blas_setter = False
+        for info in threadpool_info():
+            if info.get("internal_api") == "openblas" and "scipy.libs" in info.get("filepath", ""):
+                library = ctypes.CDLL(info["filepath"])
+                for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+                    if hasattr(library, name):
+                        _blas_setter = getattr(library, name)
+                        _blas_setter.argtypes = [ctypes.c_int]
+                        break
+    return _blas_setter or None
