@@ -238,7 +238,7 @@ class Trainer:
             if on_epoch is not None:
                 on_epoch(record)
             stopping = self.early_stopping is not None and self.early_stopping.stopped
-            if self.stop_requested:
+            if self.stop_requested and state.epoch < epochs:
                 return "stopped_early" if stopping else "interrupted"
             due = checkpoint_every and state.epoch % checkpoint_every == 0 and state.epoch < epochs
             if on_checkpoint is not None and due and not stopping:
