@@ -289,6 +289,7 @@ class Generator:
             # the kernels' sources gives the module a new name, hence a fresh compile.
             f"# kernels: {kernel_sources_digest(self.kernels)}",
             "",
+            "import numpy as np",
             "from numba import njit",
             "",
             *sorted(imports),
@@ -336,8 +337,14 @@ def argmax_kernel() -> Any:
 
 
 def literal(value: Any) -> str:
-    if isinstance(value, (bool, int, float, np.integer, np.floating, np.bool_)):
-        return repr(value.item() if isinstance(value, np.generic) else value)
+    """A number as generated code. Typed numbers rather than bare literals: numba compiles a
+    kernel once per argument type, but once per value for literals."""
+    if isinstance(value, (bool, np.bool_)):
+        return f"np.bool_({bool(value)})"
+    if isinstance(value, (int, np.integer)):
+        return f"np.int64({int(value)})"
+    if isinstance(value, (float, np.floating)):
+        return f"np.float64({float(value)!r})"
     raise TypeError(f"kernel arguments must be arrays or numbers, received {type(value).__name__}")
 
 

@@ -24,8 +24,10 @@ _pointer = types.voidptr
 _sgemm = types.ExternalFunction("cnntool_sgemm", types.void(*([_pointer] * 13)))
 _sgemv = types.ExternalFunction("cnntool_sgemv", types.void(*([_pointer] * 11)))
 
-NO = ord("N")
-YES = ord("T")
+# numpy integers, not Python ints: numba compiles a function once per argument type, but
+# once per value for plain constants, which would triple the helpers' compile time.
+NO = np.int64(ord("N"))
+YES = np.int64(ord("T"))
 # Below this inner or output size, plain loops beat a BLAS call.
 SMALL = 4
 
