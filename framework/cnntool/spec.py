@@ -129,6 +129,21 @@ def parse_json(text: str, where: str) -> dict:
     return data
 
 
+def is_spec_file(path: str | os.PathLike) -> bool:
+    """True for a JSON spec, False for anything else (a bundle): a spec's first non-blank
+    byte is '{'. A missing or unreadable file is a CnntoolError naming it."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            return handle.read(64).lstrip().startswith(b"{")
+    except FileNotFoundError:
+        raise CnntoolError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise CnntoolError(f"{path}: is a folder; expected a bundle or a spec file") from None
+    except OSError as exc:
+        raise CnntoolError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
 def validate_spec(source: Any, registry: Registry | None = None) -> BaseModel:
     """Validate a spec's fields and shapes; return the spec with every layer name filled in."""
     from cnntool.registry import get_registry

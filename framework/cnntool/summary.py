@@ -175,21 +175,9 @@ def sparkline(values: list[float]) -> str:
 
 def describe_file(path: Any) -> dict[str, Any]:
     """Describe a spec (JSON) or a bundle, told apart by their first byte."""
-    from pathlib import Path
-
     from cnntool.bundle import read_bundle
-    from cnntool.spec import validate_spec
+    from cnntool.spec import is_spec_file, validate_spec
 
-    path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(64).lstrip()
-    except FileNotFoundError:
-        raise CnntoolError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise CnntoolError(f"{path}: is a folder; expected a bundle or a spec file") from None
-    except OSError as exc:
-        raise CnntoolError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if head.startswith(b"{"):
+    if is_spec_file(path):
         return describe_spec(validate_spec(path))
     return describe_bundle(read_bundle(path))

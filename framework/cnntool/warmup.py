@@ -13,14 +13,12 @@ import numpy as np
 def load_network(source: Any) -> Any:
     """A network from a spec (JSON file, text or dict) or from a bundle file."""
     from cnntool.network import Network
+    from cnntool.spec import is_spec_file
 
-    if isinstance(source, (str, Path)) and Path(source).is_file():
-        with Path(source).open("rb") as handle:
-            head = handle.read(64).lstrip()
-        if not head.startswith(b"{"):
-            from cnntool.bundle import load_bundle
+    if isinstance(source, (str, Path)) and Path(source).is_file() and not is_spec_file(source):
+        from cnntool.bundle import load_bundle
 
-            return load_bundle(source).network
+        return load_bundle(source).network
     return Network.from_spec(source)
 
 

@@ -301,6 +301,24 @@ def pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (int(value[0]), int(value[1]))
 
 
+def padding_sides(
+    height: int, width: int, kernel: tuple[int, int], stride: tuple[int, int], padding: Any
+) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) zeros around an image, for `padding` given as an int, a
+    pair, "valid" (none) or "same": output size ceil(input / stride), as TensorFlow does,
+    the odd one of the padding at the bottom and right (PyTorch's "same" at stride 1)."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        pads = []
+        for size, k, s in ((height, kernel[0], stride[0]), (width, kernel[1], stride[1])):
+            out = -(-size // s)
+            pads.append(max((out - 1) * s + k - size, 0))
+        return (pads[0] // 2, pads[1] // 2, pads[0] - pads[0] // 2, pads[1] - pads[1] // 2)
+    ph, pw = pair(padding)
+    return (ph, pw, ph, pw)
+
+
 def expect_image(layer: Layer, input_shape: Shape) -> tuple[int, int, int]:
     """Check that a layer gets a (C, H, W) input; name the fix when it does not."""
     if len(input_shape) != 3:

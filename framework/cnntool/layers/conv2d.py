@@ -26,6 +26,7 @@ from cnntool.layers.base import (
     buf,
     expect_image,
     grad,
+    padding_sides,
     pair,
     param,
     scratch,
@@ -67,19 +68,9 @@ class Conv2D(Layer):
     def padding(self, input_shape: Shape) -> tuple[int, int, int, int]:
         """(top, left, bottom, right) zeros added around each image."""
         _, height, width = input_shape
-        kh, kw = pair(self.config.kernel_size)
-        sh, sw = pair(self.config.stride)
-        padding = self.config.padding
-        if padding == "valid":
-            return (0, 0, 0, 0)
-        if padding == "same":
-            pads = []
-            for size, kernel, stride in ((height, kh, sh), (width, kw, sw)):
-                out = -(-size // stride)
-                pads.append(max((out - 1) * stride + kernel - size, 0))
-            return (pads[0] // 2, pads[1] // 2, pads[0] - pads[0] // 2, pads[1] - pads[1] // 2)
-        ph, pw = pair(padding)
-        return (ph, pw, ph, pw)
+        return padding_sides(
+            height, width, pair(self.config.kernel_size), pair(self.config.stride), self.config.padding
+        )
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         _, height, width = expect_image(self, input_shape)

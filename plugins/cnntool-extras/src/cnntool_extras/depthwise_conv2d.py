@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from cnntool.layers import Layer, LayerConfig, Shape, ShapeError
+from cnntool.layers import Layer, LayerConfig, Shape, ShapeError, padding_sides, pair
 from cnntool_extras import kernels
 
 PositiveSize = Annotated[int, Field(ge=1, le=4096)]
@@ -34,10 +34,6 @@ class DepthwiseConv2DConfig(LayerConfig):
         default=1, description="Filters per input channel; the output has channels * depth_multiplier."
     )
     use_bias: bool = True
-
-
-def pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 class DepthwiseConv2D(Layer):
@@ -62,20 +58,11 @@ class DepthwiseConv2D(Layer):
         ]
 
     def padding(self, input_shape: Shape) -> tuple[int, int, int, int]:
-        """(top, left, bottom, right) zeros added around each image."""
-        kh, kw = pair(self.config.kernel_size)
-        sh, sw = pair(self.config.stride)
-        padding = self.config.padding
-        if padding == "valid":
-            return (0, 0, 0, 0)
-        if padding == "same":
-            total = [
-                max((-(-size // stride) - 1) * stride + kernel - size, 0)
-                for size, kernel, stride in ((input_shape[1], kh, sh), (input_shape[2], kw, sw))
-            ]
-            return (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
-        ph, pw = pair(padding)
-        return (ph, pw, ph, pw)
+        """(top, left, bottom, right) zeros added around each image, by conv2d's rule."""
+        return padding_sides(
+            input_shape[1], input_shape[2], pair(self.config.kernel_size), pair(self.config.stride),
+            self.config.padding,
+        )  # fmt: skip
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 3:
