@@ -195,3 +195,32 @@ def test_warmup_command_compiles_every_function(tmp_path, root):
     assert set(report["steps"]) == {
         f"{name}@{n}" for name in ("train_step", "evaluate", "predict", "forward", "backward") for n in (1, 4)
     }
+
+
+def test_training_steps_allocate_no_arrays(root):
+    """After the first batch, a training step allocates nothing the size of a batch: the
+    batch buffer, every activation and gradient are reused (a 64-image float batch alone
+    would be 200 kB)."""
+    import tracemalloc
+
+    from cnntool.data import load_dataset
+    from cnntool.train import BatchSource
+
+    sample = load_dataset("mnist-sample")
+    net = build(SPECS["seed"], root, True)
+    optimizer = cnntool.optim.SGD(net, lr=0.01, momentum=0.9)
+    source = BatchSource(sample.x_train, sample.y_train, {"pixel_scale": 1 / 255, "mean": 0.0, "std": 1.0})
+    order = np.arange(len(source))
+
+    def steps(count):
+        for k in range(count):
+            xb, yb = source.batch(order, (k * 64) % 3000, 64)
+            net.train_step(xb, yb)
+            optimizer.step()
+
+    steps(3)
+    tracemalloc.start()
+    steps(50)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 64 * 1024, f"{peak} bytes allocated at the peak of 50 training steps"
