@@ -36,7 +36,7 @@ _LAZY = {
     "Layer": "cnntool.layers.base",
     "LayerConfig": "cnntool.layers.base",
 }
-_SUBMODULES = {"optim", "layers", "kernels", "data", "registry", "spec", "bundle", "train"}
+_SUBMODULES = {"optim", "layers", "kernels", "data", "registry", "spec", "bundle", "train", "schedules", "testing"}
 
 __all__ = [
     "Bundle",
