@@ -65,6 +65,18 @@ class Conv2D(Layer):
     Config = Conv2DConfig
     config: Conv2DConfig
 
+    @classmethod
+    def examples(cls) -> list[tuple[dict, Shape]]:
+        """Configs `cnntool plugin check` runs the conformance checks on."""
+        return [
+            ({"type": "conv2d", "filters": 3, "kernel_size": 3}, (2, 7, 6)),
+            (
+                {"type": "conv2d", "filters": 2, "kernel_size": [2, 3], "stride": 2, "padding": "same"},
+                (3, 7, 8),
+            ),
+            ({"type": "conv2d", "filters": 2, "kernel_size": 3, "padding": 1, "use_bias": False}, (1, 5, 5)),
+        ]
+
     def padding(self, input_shape: Shape) -> tuple[int, int, int, int]:
         """(top, left, bottom, right) zeros added around each image."""
         _, height, width = input_shape

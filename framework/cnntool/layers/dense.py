@@ -38,6 +38,14 @@ class Dense(Layer):
     Config = DenseConfig
     config: DenseConfig
 
+    @classmethod
+    def examples(cls) -> list[tuple[dict, Shape]]:
+        """Configs `cnntool plugin check` runs the conformance checks on."""
+        return [
+            ({"type": "dense", "units": 4}, (7,)),
+            ({"type": "dense", "units": 3, "use_bias": False}, (5,)),
+        ]
+
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 1:
             raise ShapeError(

@@ -38,6 +38,15 @@ class MaxPool2D(Layer):
     Config = MaxPool2DConfig
     config: MaxPool2DConfig
 
+    @classmethod
+    def examples(cls) -> list[tuple[dict, Shape]]:
+        """Configs `cnntool plugin check` runs the conformance checks on."""
+        kind = cls.Config.model_fields["type"].default  # also right for subclasses (avgpool2d)
+        return [
+            ({"type": kind, "pool_size": 2}, (2, 6, 7)),
+            ({"type": kind, "pool_size": 3, "stride": 2}, (2, 7, 7)),
+        ]
+
     @property
     def window(self) -> tuple[int, int, int, int]:
         """(pool height, pool width, stride height, stride width)."""
