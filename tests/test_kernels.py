@@ -18,7 +18,15 @@ CONV_CASES = [
     (2, 4, 4, 2, "same", True, 7, 9),
     (4, 6, 1, 1, "valid", True, 5, 5),
     (3, 3, 5, 3, 2, True, 11, 10),
+    # Large enough that conv2d rebuilds each image's columns in backward instead of keeping them.
+    (16, 4, 3, 1, 1, True, 30, 30),
 ]
+
+
+def test_large_convolutions_rebuild_their_columns():
+    small = make_layer({"type": "conv2d", "filters": 4, "kernel_size": 3}, (8, 13, 13))
+    large = make_layer({"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": 1}, (16, 30, 30))
+    assert small.keep_columns and not large.keep_columns
 
 
 def conv_pads(layer):

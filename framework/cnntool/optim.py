@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from cnntool.errors import CnntoolError
+from cnntool.kernels.optim import adam_update, sgd_update
 from cnntool.plan import aligned_zeros
 
 
@@ -99,8 +100,6 @@ class SGD(Optimizer):
         }
 
     def step(self) -> None:
-        from cnntool.kernels.optim import sgd_update
-
         sgd_update(
             self.flat_param, self.flat_grad, self.flat_slots["velocity"], self.lr, self.momentum,
             self.dampening, self.weight_decay, self.nesterov, self.steps == 0,
@@ -136,8 +135,6 @@ class Adam(Optimizer):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
     def step(self) -> None:
-        from cnntool.kernels.optim import adam_update
-
         self.steps += 1
         adam_update(
             self.flat_param, self.flat_grad, self.flat_slots["exp_avg"], self.flat_slots["exp_avg_sq"],

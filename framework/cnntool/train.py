@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from cnntool.errors import CnntoolError, DataError
+from cnntool.kernels.batch import gather_batch
 
 EpochCallback = Callable[[dict], None]
 BatchCallback = Callable[[int, int], None]
@@ -51,8 +52,6 @@ class BatchSource:
         return self.x.shape[0]
 
     def batch(self, order: np.ndarray, start: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-        from cnntool.kernels.batch import gather_batch
-
         buffers = self._buffers.get(size)
         if buffers is None:
             buffers = (np.empty((size, *self.x.shape[1:]), np.float32), np.empty(size, np.int64))

@@ -201,22 +201,25 @@ def col2im_rows(cols, channels, height, width, kh, kw, span, grad_image):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def conv2d_forward_wide(x, weight, bias, use_bias, pad_top, pad_left, padded, cols, full, out):
+def conv2d_forward_wide(x, weight, bias, use_bias, keep, pad_top, pad_left, padded, columns, full, out):
     """Stride-1 convolution with wide im2col: out[n] = W (O, C*KH*KW) @ cols, computed on rows
     of the padded width WP and cropped to OW (see the module docs).
 
-    Scratch: padded (C, HP, WP) (unused without padding), cols (C*KH*KW, L), full (O, OH*WP).
+    columns is (N, C*KH*KW, L) when `keep` (each image's columns stay for the backward pass;
+    small layers) or (1, C*KH*KW, L) shared scratch. Scratch: padded (C, HP, WP) (unused
+    without padding), full (O, OH*WP).
     """
     n_images, out_channels, oh = out.shape[0], out.shape[1], out.shape[2]
     channels, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
     padding = padded.shape[1] != x.shape[2] or padded.shape[2] != x.shape[3]
     hp, wp = (padded.shape[1], padded.shape[2]) if padding else (x.shape[2], x.shape[3])
-    rows, span = cols.shape
+    rows, span = columns.shape[1], columns.shape[2]
     stride = oh * wp
     flat_weight = weight.reshape(weight.size)
-    flat_cols = cols.reshape(cols.size)
     flat_full = full.reshape(full.size)
     for n in range(n_images):
+        cols = columns[n] if keep else columns[0]
+        flat_cols = cols.reshape(cols.size)
         if padding:
             pad_image(x[n], pad_top, pad_left, padded)
             source = padded.reshape(padded.size)
@@ -231,37 +234,40 @@ def conv2d_forward_wide(x, weight, bias, use_bias, pad_top, pad_left, padded, co
 
 @njit(cache=True, fastmath=True, nogil=True)
 def conv2d_backward_wide(
-    grad_out, x, weight, use_bias, need_grad_x, pad_top, pad_left,
-    padded, padded_grad, cols, full, grad_weight, grad_bias, grad_x,
+    grad_out, x, weight, use_bias, keep, need_grad_x, pad_top, pad_left,
+    padded, padded_grad, columns, full, grad_weight, grad_bias, grad_x,
 ):  # fmt: skip
     """Stride-1 backward with wide im2col, per image with G = grad_out[n] on rows of width WP
     (zeros in the cropped columns): dW += G @ cols.T, db += sum of G, dX = col2im(W.T @ G).
 
-    The image's columns are rebuilt here rather than kept from the forward pass: a
-    contiguous copy costs less than holding them for a whole batch.
+    Unless the forward pass kept them (`keep`), each image's columns are rebuilt here: for
+    a large layer a contiguous copy costs less than holding them for a whole batch. They
+    are then overwritten by dcols = W.T @ G.
     """
     n_images, out_channels, oh = grad_out.shape[0], grad_out.shape[1], grad_out.shape[2]
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     kh, kw = weight.shape[2], weight.shape[3]
     padding = padded.shape[1] != height or padded.shape[2] != width
     hp, wp = (padded.shape[1], padded.shape[2]) if padding else (height, width)
-    rows, span = cols.shape
+    rows, span = columns.shape[1], columns.shape[2]
     stride = oh * wp
     flat_weight = weight.reshape(weight.size)
     flat_grad_weight = grad_weight.reshape(grad_weight.size)
-    flat_cols = cols.reshape(cols.size)
     flat_full = full.reshape(full.size)
     full[:] = 0.0
     if use_bias:
         grad_bias[:] = 0.0
     for n in range(n_images):
         widen(grad_out[n], wp, use_bias, grad_bias, full)
-        if padding:
-            pad_image(x[n], pad_top, pad_left, padded)
-            source = padded.reshape(padded.size)
-        else:
-            source = x[n].reshape(channels * hp * wp)
-        im2col_rows(source, channels, hp, wp, kh, kw, span, cols)
+        cols = columns[n] if keep else columns[0]
+        flat_cols = cols.reshape(cols.size)
+        if not keep:
+            if padding:
+                pad_image(x[n], pad_top, pad_left, padded)
+                source = padded.reshape(padded.size)
+            else:
+                source = x[n].reshape(channels * hp * wp)
+            im2col_rows(source, channels, hp, wp, kh, kw, span, cols)
         beta = 0.0 if n == 0 else 1.0
         gemm(
             NO,

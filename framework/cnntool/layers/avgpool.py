@@ -25,6 +25,9 @@ class AvgPool2D(MaxPool2D):
 
     Config = AvgPool2DConfig
 
+    def buffers(self) -> dict[str, Array]:
+        return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
+
     def forward_calls(self, training: bool) -> list[Call]:
         ph, pw, sh, sw = self.window
         return [(avgpool2d_forward, (X, ph, pw, sh, sw, buf("out")))]

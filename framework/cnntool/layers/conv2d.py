@@ -114,6 +114,12 @@ class Conv2D(Layer):
     # Stride 1 uses the wide im2col (contiguous copies, see kernels/conv.py); other strides
     # use the classic im2col.
 
+    # Stride 1 uses the wide im2col (contiguous copies, see kernels/conv.py); other strides
+    # use the classic im2col. Either way an image's columns are kept from forward to
+    # backward when they are small (they are then still in cache); a large layer's are
+    # rebuilt in backward instead of holding them for the whole batch.
+    KEEP_COLUMNS_BYTES = 64 * 1024
+
     @property
     def wide(self) -> bool:
         return pair(self.config.stride) == (1, 1)
@@ -124,28 +130,41 @@ class Conv2D(Layer):
         kh, kw = pair(self.config.kernel_size)
         return self.input_shape[0] * kh * kw
 
+    @property
+    def padded_shape(self) -> Shape:
+        channels, height, width = self.input_shape
+        top, left, bottom, right = self.padding(self.input_shape)
+        return (channels, height + top + bottom, width + left + right)
+
+    @property
+    def span(self) -> int:
+        """Columns of the wide im2col matrix: output rows of the padded width, less the spill."""
+        _, kw = pair(self.config.kernel_size)
+        return self.output_shape[1] * self.padded_shape[2] - (kw - 1)
+
+    @property
+    def keep_columns(self) -> bool:
+        return self.wide and self.rows * self.span * 4 <= self.KEEP_COLUMNS_BYTES
+
     def buffers(self) -> dict[str, Array]:
         arrays = {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
+        _, oh, ow = self.output_shape
         if not self.wide:
-            _, oh, ow = self.output_shape
-            # Each image's im2col columns, kept from forward for the weight gradient.
             arrays["cols"] = Array((self.rows, oh * ow))
+        elif self.keep_columns:
+            arrays["cols"] = Array((self.rows, self.span))
         return arrays
 
     def scratch_arrays(self) -> dict[str, Array]:
         filters, oh, ow = self.output_shape
-        channels, height, width = self.input_shape
-        _, kw = pair(self.config.kernel_size)
-        top, left, bottom, right = self.padding(self.input_shape)
         if self.wide:
-            padded = Array((channels, height + top + bottom, width + left + right))
-            span = oh * padded.shape[2] - (kw - 1)
             arrays = {
-                "padded": padded,
-                "padded_grad": padded,
-                "cols": Array((self.rows, span)),
-                "full": Array((filters, oh * padded.shape[2])),
+                "padded": Array(self.padded_shape),
+                "padded_grad": Array(self.padded_shape),
+                "full": Array((filters, oh * self.padded_shape[2])),
             }
+            if not self.keep_columns:
+                arrays["cols"] = Array((1, self.rows, self.span))
         else:
             arrays = {"grad_cols": Array((self.rows, oh * ow)), "weight_step": Array((filters, self.rows))}
         if not self.config.use_bias:
@@ -157,8 +176,9 @@ class Conv2D(Layer):
         top, left, _, _ = self.padding(self.input_shape)
         bias = param("bias") if self.config.use_bias else scratch("no_bias")
         if self.wide:
-            args = (X, param("weight"), bias, self.config.use_bias, top, left,
-                    scratch("padded"), scratch("cols"), scratch("full"), buf("out"))  # fmt: skip
+            columns = buf("cols") if self.keep_columns else scratch("cols")
+            args = (X, param("weight"), bias, self.config.use_bias, self.keep_columns, top, left,
+                    scratch("padded"), columns, scratch("full"), buf("out"))  # fmt: skip
             return [(conv2d_forward_wide, args)]
         args = (X, param("weight"), bias, self.config.use_bias, sh, sw, top, left, buf("cols"), buf("out"))
         return [(conv2d_forward, args)]
@@ -168,9 +188,10 @@ class Conv2D(Layer):
         top, left, _, _ = self.padding(self.input_shape)
         grad_bias = grad("bias") if self.config.use_bias else scratch("no_bias")
         if self.wide:
+            columns = buf("cols") if self.keep_columns else scratch("cols")
             args = (
-                GRAD_OUT, X, param("weight"), self.config.use_bias, need_grad_x, top, left,
-                scratch("padded"), scratch("padded_grad"), scratch("cols"), scratch("full"),
+                GRAD_OUT, X, param("weight"), self.config.use_bias, self.keep_columns, need_grad_x, top, left,
+                scratch("padded"), scratch("padded_grad"), columns, scratch("full"),
                 grad("weight"), grad_bias, buf("grad_x"),
             )  # fmt: skip
             return [(conv2d_backward_wide, args)]

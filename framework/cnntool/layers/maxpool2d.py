@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import Field
 
 from cnntool.kernels.pool import maxpool2d_backward, maxpool2d_forward
@@ -65,17 +66,21 @@ class MaxPool2D(Layer):
         return (channels, (height - ph) // sh + 1, (width - pw) // sw + 1)
 
     def buffers(self) -> dict[str, Array]:
-        return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
+        return {
+            "out": Array(self.output_shape),
+            "code": Array(self.output_shape, np.int32),
+            "grad_x": Array(self.input_shape),
+        }
 
     def forward_calls(self, training: bool) -> list[Call]:
         ph, pw, sh, sw = self.window
-        return [(maxpool2d_forward, (X, ph, pw, sh, sw, buf("out")))]
+        return [(maxpool2d_forward, (X, ph, pw, sh, sw, buf("out"), buf("code")))]
 
     def backward_calls(self, need_grad_x: bool) -> list[Call]:
         if not need_grad_x:
             return []
         ph, pw, sh, sw = self.window
-        return [(maxpool2d_backward, (GRAD_OUT, X, buf("out"), ph, pw, sh, sw, buf("grad_x")))]
+        return [(maxpool2d_backward, (GRAD_OUT, buf("code"), ph, pw, sh, sw, buf("grad_x")))]
 
     def flops(self, input_shape: Shape) -> int:
         ph, pw = pair(self.config.pool_size)
