@@ -2,12 +2,14 @@
 for clashing and failing entries. Real installed plugins are in test_plugins.py."""
 
 import warnings
+from typing import Literal
 
 import numpy as np
 import pytest
 
 import cnntool
 from cnntool.errors import PluginError, SpecError
+from cnntool.layers import Layer, LayerConfig
 from cnntool.registry import LayerType, PluginWarning, Registry
 from cnntool.testing import (
     CHECKS,
@@ -87,8 +89,17 @@ def test_examples_default_to_the_plain_config_on_a_shape_it_takes():
     registry = cnntool.get_registry()
     assert layer_examples(registry.get("relu"), "relu") == [({"type": "relu"}, (3, 8, 8))]
     assert layer_examples(registry.get("softmax"), "softmax") == [({"type": "softmax"}, (16,))]
-    with pytest.raises(PluginError, match=r"Dense declares no examples\(\) and its default config"):
-        layer_examples(registry.get("dense"), "dense")
+    assert layer_examples(registry.get("dense"), "dense") == registry.get("dense").examples()
+
+    class NeedsUnitsConfig(LayerConfig):
+        type: Literal["needs_units"] = "needs_units"
+        units: int
+
+    class NeedsUnits(Layer):
+        Config = NeedsUnitsConfig
+
+    with pytest.raises(PluginError, match=r"NeedsUnits declares no examples\(\) and its default config"):
+        layer_examples(NeedsUnits, "needs_units")
 
 
 def entry(name, distribution, value="package.module:Layer"):

@@ -37,6 +37,12 @@ from typing import Any
 import numpy as np
 
 from cnntool.layers.base import Array, Layer, Ref
+from cnntool.layers.relu import ReLU
+
+# A ReLU that follows a layer able to apply it (conv2d) runs inside that layer's kernels:
+# the layer writes straight into the ReLU's output buffer and masks the gradient itself,
+# saving a pass over the activations each way.
+NEXT_OUT = Ref("next_buf", "out")
 
 CACHE_ENV = "CNNTOOL_CACHE_DIR"
 ALIGN = 16  # floats: keeps every array 64-byte aligned
@@ -141,6 +147,8 @@ class Generator:
             return f"T{index}_{ref.name}"
         if ref.kind in ("random", "offset"):  # arguments of every plan function (see RANDOM)
             return ref.kind
+        if ref.kind == "next_buf":  # the following layer's buffer, for a fused ReLU
+            return f"L{index + 1}_{ref.name}"
         raise ValueError(f"unknown reference {ref}")
 
     def flat_view(self, kind: str, key: str) -> str:
@@ -170,10 +178,27 @@ class Generator:
                 lines.append(f"{indent}V{index} = {current}.reshape((n, {shape_text(layer.output_shape)}))")
                 current = f"V{index}"
                 continue
+            if self.fused(index - 1, stop):  # the layer before computed this ReLU already
+                lines[-1] += " (applied by the layer before)"
+                current = self.ref(index, layer.forward_result, current, "")
+                continue
+            if self.fused(index, stop):
+                calls = layer.forward_calls(training, relu_into=NEXT_OUT)
+            else:
+                calls = layer.forward_calls(training)
             if compute:
-                lines += self.emit_calls(index, layer.forward_calls(training), current, "", indent)
+                lines += self.emit_calls(index, calls, current, "", indent)
             current = self.ref(index, layer.forward_result, current, "")
         return lines, [*inputs, current]
+
+    def fused(self, index: int, stop: int) -> bool:
+        """Whether layer `index` computes the ReLU layer after it too (both inside layers[:stop])."""
+        layers = self.net.layers
+        return (
+            0 <= index < stop - 1
+            and getattr(layers[index], "fuses_relu", False)
+            and isinstance(layers[index + 1], ReLU)
+        )
 
     def backward_lines(
         self, stop: int, inputs: list[str], grad: str, need_grad_x: bool, indent: str
@@ -187,8 +212,14 @@ class Generator:
                 lines.append(f"{indent}GV{index} = {current}.reshape((n, {shape_text(layer.input_shape)}))")
                 current = f"GV{index}"
                 continue
+            if self.fused(index - 1, stop):  # its gradient goes through the layer before's kernels
+                continue
             wanted = need_grad_x or index > 0
-            lines += self.emit_calls(index, layer.backward_calls(wanted), inputs[index], current, indent)
+            if self.fused(index, stop):
+                calls = layer.backward_calls(wanted, relu_output=NEXT_OUT)
+            else:
+                calls = layer.backward_calls(wanted)
+            lines += self.emit_calls(index, calls, inputs[index], current, indent)
             if wanted:
                 current = self.ref(index, layer.backward_result, inputs[index], current)
         return lines

@@ -201,13 +201,14 @@ def col2im_rows(cols, channels, height, width, kh, kw, span, grad_image):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def conv2d_forward_wide(x, weight, bias, use_bias, keep, pad_top, pad_left, padded, columns, full, out):
+def conv2d_forward_wide(x, weight, bias, use_bias, keep, relu, pad_top, pad_left, padded, columns, full, out):
     """Stride-1 convolution with wide im2col: out[n] = W (O, C*KH*KW) @ cols, computed on rows
     of the padded width WP and cropped to OW (see the module docs).
 
     columns is (N, C*KH*KW, L) when `keep` (each image's columns stay for the backward pass;
     small layers) or (1, C*KH*KW, L) shared scratch. Scratch: padded (C, HP, WP) (unused
-    without padding), full (O, OH*WP).
+    without padding), full (O, OH*WP). With `relu`, out = max(conv, 0): a ReLU layer that
+    follows is computed here (see cnntool.plan).
     """
     n_images, out_channels, oh = out.shape[0], out.shape[1], out.shape[2]
     channels, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
@@ -229,12 +230,12 @@ def conv2d_forward_wide(x, weight, bias, use_bias, keep, pad_top, pad_left, padd
         gemm(
             NO, NO, out_channels, span, rows, 1.0, flat_weight, rows, flat_cols, span, 0.0, flat_full, stride
         )
-        crop(full, wp, bias, use_bias, out[n])
+        crop(full, wp, bias, use_bias, relu, out[n])
 
 
 @njit(cache=True, fastmath=True, nogil=True)
 def conv2d_backward_wide(
-    grad_out, x, weight, use_bias, keep, need_grad_x, pad_top, pad_left,
+    grad_out, x, weight, use_bias, keep, need_grad_x, relu, activated, pad_top, pad_left,
     padded, padded_grad, columns, full, grad_weight, grad_bias, grad_x,
 ):  # fmt: skip
     """Stride-1 backward with wide im2col, per image with G = grad_out[n] on rows of width WP
@@ -242,7 +243,8 @@ def conv2d_backward_wide(
 
     Unless the forward pass kept them (`keep`), each image's columns are rebuilt here: for
     a large layer a contiguous copy costs less than holding them for a whole batch. They
-    are then overwritten by dcols = W.T @ G.
+    are then overwritten by dcols = W.T @ G. With `relu`, grad_out is the gradient after a
+    fused ReLU whose output was `activated`.
     """
     n_images, out_channels, oh = grad_out.shape[0], grad_out.shape[1], grad_out.shape[2]
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
@@ -258,7 +260,7 @@ def conv2d_backward_wide(
     if use_bias:
         grad_bias[:] = 0.0
     for n in range(n_images):
-        widen(grad_out[n], wp, use_bias, grad_bias, full)
+        widen(grad_out[n], wp, use_bias, grad_bias, relu, activated[n], full)
         cols = columns[n] if keep else columns[0]
         flat_cols = cols.reshape(cols.size)
         if not keep:
@@ -308,28 +310,39 @@ def conv2d_backward_wide(
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def crop(full, wp, bias, use_bias, out):
-    """out[o, p, q] = full[o, p*WP + q] + bias[o]: the product's rows cut to the output width."""
+def crop(full, wp, bias, use_bias, relu, out):
+    """out[o, p, q] = full[o, p*WP + q] + bias[o]: the product's rows cut to the output width;
+    with `relu`, max(that, 0) (a following ReLU layer fused in)."""
     out_channels, oh, ow = out.shape
+    floor = np.float32(0.0) if relu else np.float32(-np.inf)
     for o in range(out_channels):
         b = bias[o] if use_bias else np.float32(0.0)
         for p in range(oh):
             source = full[o, p * wp : p * wp + ow]
             target = out[o, p]
             for q in range(ow):
-                target[q] = source[q] + b
+                target[q] = max(source[q] + b, floor)
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def widen(grad, wp, use_bias, grad_bias, full):
+def widen(grad, wp, use_bias, grad_bias, relu, activated, full):
     """full[o, p*WP + q] = grad[o, p, q] (the columns past OW stay as they are: zero), and
-    grad_bias[o] += sum of grad[o]."""
+    grad_bias[o] += sum of grad[o]. With `relu`, grad is the gradient after a fused ReLU and
+    passes only where its output `activated` is positive."""
     out_channels, oh, ow = grad.shape
+    zero = np.float32(0.0)
     for o in range(out_channels):
         total = np.float32(0.0)
         for p in range(oh):
             source = grad[o, p]
             target = full[o, p * wp : p * wp + ow]
+            if relu:
+                mask = activated[o, p]
+                for q in range(ow):
+                    g = source[q] if mask[q] > zero else zero
+                    target[q] = g
+                    total += g
+                continue
             for q in range(ow):
                 target[q] = source[q]
                 total += source[q]

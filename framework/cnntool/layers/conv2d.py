@@ -20,6 +20,7 @@ from cnntool.layers.base import (
     Call,
     Layer,
     LayerConfig,
+    Ref,
     Shape,
     ShapeError,
     X,
@@ -121,6 +122,11 @@ class Conv2D(Layer):
     KEEP_COLUMNS_BYTES = 64 * 1024
 
     @property
+    def fuses_relu(self) -> bool:
+        """Whether a ReLU layer right after this one can be computed by this layer's kernels."""
+        return self.wide
+
+    @property
     def wide(self) -> bool:
         return pair(self.config.stride) == (1, 1)
 
@@ -171,28 +177,34 @@ class Conv2D(Layer):
             arrays["no_bias"] = Array((filters,))
         return arrays
 
-    def forward_calls(self, training: bool) -> list[Call]:
+    def forward_calls(self, training: bool, relu_into: Ref | None = None) -> list[Call]:
+        """The forward kernel; with `relu_into` (a following ReLU layer's output buffer, when
+        the plan fuses the two) it applies the ReLU and writes there."""
         sh, sw = pair(self.config.stride)
         top, left, _, _ = self.padding(self.input_shape)
         bias = param("bias") if self.config.use_bias else scratch("no_bias")
         if self.wide:
             columns = buf("cols") if self.keep_columns else scratch("cols")
-            args = (X, param("weight"), bias, self.config.use_bias, self.keep_columns, top, left,
-                    scratch("padded"), columns, scratch("full"), buf("out"))  # fmt: skip
+            out = relu_into if relu_into is not None else buf("out")
+            args = (X, param("weight"), bias, self.config.use_bias, self.keep_columns, relu_into is not None,
+                    top, left, scratch("padded"), columns, scratch("full"), out)  # fmt: skip
             return [(conv2d_forward_wide, args)]
         args = (X, param("weight"), bias, self.config.use_bias, sh, sw, top, left, buf("cols"), buf("out"))
         return [(conv2d_forward, args)]
 
-    def backward_calls(self, need_grad_x: bool) -> list[Call]:
+    def backward_calls(self, need_grad_x: bool, relu_output: Ref | None = None) -> list[Call]:
+        """The backward kernel; with `relu_output` (the fused ReLU's output buffer) grad_out
+        is the gradient after the ReLU, masked here."""
         sh, sw = pair(self.config.stride)
         top, left, _, _ = self.padding(self.input_shape)
         grad_bias = grad("bias") if self.config.use_bias else scratch("no_bias")
         if self.wide:
             columns = buf("cols") if self.keep_columns else scratch("cols")
+            activated = relu_output if relu_output is not None else buf("out")
             args = (
-                GRAD_OUT, X, param("weight"), self.config.use_bias, self.keep_columns, need_grad_x, top, left,
-                scratch("padded"), scratch("padded_grad"), columns, scratch("full"),
-                grad("weight"), grad_bias, buf("grad_x"),
+                GRAD_OUT, X, param("weight"), self.config.use_bias, self.keep_columns, need_grad_x,
+                relu_output is not None, activated, top, left, scratch("padded"), scratch("padded_grad"),
+                columns, scratch("full"), grad("weight"), grad_bias, buf("grad_x"),
             )  # fmt: skip
             return [(conv2d_backward_wide, args)]
         args = (
