@@ -197,9 +197,13 @@ class Network:
     def predict_proba(self, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, classes) for model-ready inputs, in batches."""
         x = self.check_input(x)
-        probs = np.empty((x.shape[0], self.output_shape[0]), np.float32)
-        for start in range(0, x.shape[0], batch_size):
-            stop = min(start + batch_size, x.shape[0])
+        n = x.shape[0]
+        probs = np.empty((n, self.output_shape[0]), np.float32)
+        if n <= batch_size:  # the common case, kept short: it is the latency of one request
+            self.runner("predict", n)(x, probs)
+            return probs
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
             self.runner("predict", stop - start)(x[start:stop], probs[start:stop])
         return probs
 
