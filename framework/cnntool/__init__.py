@@ -36,7 +36,18 @@ _LAZY = {
     "Layer": "cnntool.layers.base",
     "LayerConfig": "cnntool.layers.base",
 }
-_SUBMODULES = {"optim", "layers", "kernels", "data", "registry", "spec", "bundle", "train", "schedules", "testing"}
+_SUBMODULES = {
+    "optim",
+    "layers",
+    "kernels",
+    "data",
+    "registry",
+    "spec",
+    "bundle",
+    "train",
+    "schedules",
+    "testing",
+}
 
 __all__ = [
     "Bundle",
