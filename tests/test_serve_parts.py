@@ -178,7 +178,7 @@ def test_not_ready_until_the_model_is_loaded_and_warmed_up(tmp_path, seed_spec_p
     path = cnntool.save_bundle(cnntool.Network.from_spec(seed_spec_path, seed=0), tmp_path / "seed.cnnb")
     settings = ServeSettings(
         bundle=str(path), host="127.0.0.1", port=0, workers=1, threads=1,
-        max_body_bytes=1 << 20, max_batch=8, max_wait_ms=1.0, access_log=False,
+        max_body_bytes=1 << 20, max_batch=8, max_wait_ms=1.0, access_log=False, ready_wait_s=0.2,
     )  # fmt: skip
     app = create_app(settings)
     loading = {"error": "the model is still loading; retry when /readyz answers 200"}
@@ -226,3 +226,26 @@ def test_a_bundle_that_fails_to_load_keeps_the_server_unready(tmp_path):
     response = asyncio.run(main())
     assert response.status_code == 503
     assert response.json()["error"].startswith(f"cannot serve {tmp_path / 'gone.cnnb'}: ")
+
+
+def test_a_request_during_start_up_waits_for_the_model(tmp_path, seed_spec_path):
+    path = cnntool.save_bundle(cnntool.Network.from_spec(seed_spec_path, seed=0), tmp_path / "seed.cnnb")
+    settings = ServeSettings(
+        bundle=str(path), host="127.0.0.1", port=0, workers=1, threads=1,
+        max_body_bytes=1 << 20, max_batch=8, max_wait_ms=1.0, access_log=False,
+    )  # fmt: skip
+    app = create_app(settings)
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+            app.router.lifespan_context(app),
+        ):
+            # Sent at once, before warm-up has finished: answered when the model is ready.
+            assert not app.state.service.ready
+            return await client.post("/v1/predict", json={"inputs": [[[0] * 28] * 28]})
+
+    response = asyncio.run(main())
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == 1

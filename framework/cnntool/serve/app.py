@@ -2,7 +2,8 @@
 
     GET  /            a page to draw a digit and watch the probabilities
     GET  /healthz     200 while the process is up
-    GET  /readyz      200 once the model is loaded and compiled, 503 before
+    GET  /readyz      200 once the model is loaded and compiled, 503 before (other
+                      requests arriving before then wait for it, up to a minute)
     GET  /v1/model    what the model is and how it was trained
     POST /v1/predict  JSON inputs, one image, or a multipart upload of images
     GET  /metrics     Prometheus text format
@@ -100,7 +101,7 @@ def create_app(settings: ServeSettings, bundle: Any = None) -> FastAPI:
 
     @app.get("/v1/model", response_model=ModelInfo, responses={503: ERRORS[503]}, summary="The model")
     async def model_info() -> Any:
-        if not service.ready:
+        if not await service.wait_ready():
             return JSONResponse({"error": service.failure or NOT_READY}, status_code=503)
         return service.info()
 
@@ -118,7 +119,7 @@ def create_app(settings: ServeSettings, bundle: Any = None) -> FastAPI:
         """Send `{"inputs": [...]}` as JSON, one image as the body (image/png, image/jpeg,
         ...), or several images as multipart/form-data file parts. Answers one prediction
         per input, in order."""
-        if not service.ready:
+        if not await service.wait_ready():
             return JSONResponse({"error": service.failure or NOT_READY}, status_code=503)
         kind = inputs.check_media_type(request.headers.get("content-type"))
         network = service.bundle.network

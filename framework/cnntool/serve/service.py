@@ -8,6 +8,7 @@ has compiled (or loaded from numba's cache) every kernel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -37,6 +38,9 @@ class ServeSettings(BaseModel):
     max_batch: int = Field(ge=1)
     max_wait_ms: float = Field(ge=0)
     access_log: bool
+    ready_wait_s: float = Field(
+        default=60.0, ge=0, description="How long a request waits for a model still loading before a 503."
+    )
 
     def to_environment(self) -> None:
         os.environ[SETTINGS_ENV] = self.model_dump_json()
@@ -57,6 +61,7 @@ class ModelService:
         self.bundle = bundle
         self.ready = False
         self.failure: str | None = None
+        self.started = asyncio.Event()  # set once start() has finished, ready or failed
         # numba's thread count is per calling thread, so the kernel thread sets its own.
         self.executor = ThreadPoolExecutor(
             max_workers=1,
@@ -85,6 +90,7 @@ class ModelService:
         except Exception as exc:
             self.failure = f"cannot serve {self.settings.bundle}: {exc}"
             log.error(self.failure)
+            self.started.set()
             return
         info = self.info()
         self.metrics.model.set(
@@ -97,7 +103,17 @@ class ModelService:
         )
         self.metrics.ready.set(value=1)
         self.ready = True
+        self.started.set()
         log.info("model %r ready (digest %s)", info["name"], info["digest"])
+
+    async def wait_ready(self) -> bool:
+        """Whether the model is ready, waiting up to `ready_wait_s` while it is still loading:
+        a request that arrives during start-up (on a worker still warming up, say) is
+        answered once it can be rather than refused."""
+        if not self.ready and self.failure is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.started.wait(), self.settings.ready_wait_s)
+        return self.ready
 
     async def stop(self) -> None:
         await self.batcher.close()
