@@ -15,7 +15,7 @@ import cnntool
 from cnntool.data import preprocess
 from cnntool.errors import InputError
 from cnntool.serve import ServeSettings, create_app
-from cnntool.serve.batching import MicroBatcher, power_of_two_pieces
+from cnntool.serve.batching import MicroBatcher
 from cnntool.serve.inputs import json_inputs
 from cnntool.serve.metrics import Counter, Histogram, ServerMetrics
 
@@ -100,13 +100,6 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
     first, second = asyncio.run(main())
     assert [str(error) for error in first] == ["kernel failed"] * 3
     np.testing.assert_array_equal(second, [[1.0]])
-
-
-@pytest.mark.parametrize(
-    "size,pieces", [(1, [1]), (2, [2]), (37, [32, 4, 1]), (64, [64]), (127, [64, 32, 16, 8, 4, 2, 1])]
-)
-def test_batches_reach_the_network_in_power_of_two_pieces(size, pieces):
-    assert power_of_two_pieces(size) == pieces
 
 
 # --- JSON inputs --------------------------------------------------------------------------

@@ -115,8 +115,3 @@ class MicroBatcher:
             if not pending.future.done():
                 pending.future.set_result(outputs[start:stop])
             start = stop
-
-
-def power_of_two_pieces(size: int) -> list[int]:
-    """`size` as a sum of distinct powers of two, largest first: 37 -> [32, 4, 1]."""
-    return [1 << bit for bit in reversed(range(size.bit_length())) if size >> bit & 1]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from cnntool.serve.batching import MicroBatcher, power_of_two_pieces
+from cnntool.serve.batching import MicroBatcher
 from cnntool.serve.metrics import ServerMetrics
 
 SETTINGS_ENV = "CNNTOOL_SERVE_SETTINGS"
@@ -85,8 +84,7 @@ class ModelService:
                 from cnntool.bundle import load_bundle
 
                 self.bundle = await loop.run_in_executor(self.executor, load_bundle, self.settings.bundle)
-            sizes = [1 << bit for bit in range(self.settings.max_batch.bit_length())]
-            await loop.run_in_executor(self.executor, warm_up, self.bundle, sizes)
+            await loop.run_in_executor(self.executor, warm_up, self.bundle, [1, self.settings.max_batch])
         except Exception as exc:
             self.failure = f"cannot serve {self.settings.bundle}: {exc}"
             log.error(self.failure)
@@ -120,18 +118,9 @@ class ModelService:
         self.executor.shutdown(wait=True)
 
     def run_network(self, inputs: np.ndarray) -> np.ndarray:
-        """Probabilities for model-ready inputs; runs in the kernel thread only.
-
-        The network keeps a workspace per batch size it has seen, so a batch goes in pieces
-        of power-of-two sizes (37 = 32 + 4 + 1): however the batches vary, the network sees
-        at most log2(max_batch) + 1 sizes, whose workspaces warm-up made and every later
-        batch reuses, instead of allocating (and holding) one for every size from 1 up."""
-        network = self.bundle.network
-        pieces = power_of_two_pieces(len(inputs))
-        if len(pieces) == 1:
-            return network.predict_proba(inputs)
-        bounds = np.cumsum([0, *pieces])
-        return np.concatenate([network.predict_proba(inputs[a:b]) for a, b in itertools.pairwise(bounds)])
+        """Probabilities for model-ready inputs; runs in the kernel thread only. Batches of
+        any size share one workspace, sized at warm-up for the largest batch."""
+        return self.bundle.network.predict_proba(inputs)
 
     async def predict(self, inputs: np.ndarray, top_k: int) -> list[dict[str, Any]]:
         """One `cnntool infer` record per input (without `input`), in order."""
@@ -176,7 +165,8 @@ class ModelService:
 
 def warm_up(bundle: Any, sizes: list[int]) -> None:
     """Predict once on blank inputs at each batch size, so every kernel is compiled (or
-    loaded from numba's cache) and every workspace made before traffic comes."""
+    loaded from numba's cache) and the workspace made for the largest batch before
+    traffic comes."""
     from cnntool.predict import predict_raw
 
     for size in sizes:
