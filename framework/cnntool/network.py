@@ -239,7 +239,7 @@ class Network:
         scale = (1.0 / n,) if task == "train_step" else ()
         bounds = self.pieces(n)
         if len(bounds) == 2:
-            arrays = (*scale, *plan.arrays(plan.workspace(n)))
+            arrays = (*scale, *plan.arrays(task, plan.workspace(n)))
             threads = ensure_threads()
 
             def whole(*batch: np.ndarray) -> Any:
@@ -251,7 +251,8 @@ class Network:
         # Each piece knows where it starts in the batch, so random layers draw the same
         # numbers for an example whatever the cut.
         spaces = [
-            (*scale, *plan.arrays(plan.workspace(b - a, k), offset=a)) for k, (a, b) in enumerate(pieces)
+            (*scale, *plan.arrays(task, plan.workspace(b - a, k), offset=a))
+            for k, (a, b) in enumerate(pieces)
         ]
 
         def split(*batch: np.ndarray) -> Any:
@@ -264,8 +265,8 @@ class Network:
             if task == "predict":
                 return None
             if task == "train_step":
-                for arrays in spaces[1:]:
-                    np.add(self.flat_grads, arrays[len(scale) + 1], out=self.flat_grads)
+                for worker in range(1, len(pieces)):
+                    np.add(self.flat_grads, plan.workspaces[worker].grads, out=self.flat_grads)
             return sum(r[0] for r in results), sum(r[1] for r in results)
 
         return split

@@ -46,6 +46,8 @@ NEXT_OUT = Ref("next_buf", "out")
 
 CACHE_ENV = "CNNTOOL_CACHE_DIR"
 ALIGN = 16  # floats: keeps every array 64-byte aligned
+# The arrays a plan function may take after its own arguments, in this order.
+POOLS = ("params", "grads", "state", "ws", "iws", "sws", "siws", "random", "offset")
 
 
 def align(size: int) -> int:
@@ -118,6 +120,7 @@ class Generator:
         self.net = net
         self.layout = Layout()
         self.kernels: dict[Any, str] = {}
+        self.signatures: dict[str, tuple[str, ...]] = {}
         self.lines: list[str] = []
         for index, layer in enumerate(net.layers):
             for name, array in layer.buffers().items():
@@ -251,14 +254,18 @@ class Generator:
                 )
         return lines
 
-    def function(self, signature: str, doc: list[str], code: list[str]) -> list[str]:
-        """One @njit function: its docstring, the views its code uses (only those: each costs
-        a little per call), then the code."""
+    def function(self, name: str, leading: str, doc: list[str], code: list[str]) -> list[str]:
+        """One @njit function: its docstring, the views its code uses, then the code. It takes
+        `leading` and then only the pools those use (see POOLS): each view and each argument
+        costs a little on every call, and for a batch of one that adds up."""
         ind = "    "
         text = "\n".join(code)
         views = [line for line in self.views(ind) if re.search(rf"\b{line.split('=')[0].strip()}\b", text)]
+        used = "\n".join([*views, text])
+        pools = tuple(pool for pool in POOLS if re.search(rf"\b{pool}\b", used))
+        self.signatures[name] = pools
         return [
-            "", "", "@njit(cache=True, nogil=True)", f"def {signature}:",
+            "", "", "@njit(cache=True, nogil=True)", f"def {name}({', '.join([leading, *pools])}):",
             *([f'{ind}"""{doc[0]}"""'] if len(doc) == 1 else
               [f'{ind}"""{doc[0]}', *(f"{ind}{line}" for line in doc[1:-1]), f'{ind}{doc[-1]}"""']),
             f"{ind}n = x.shape[0]", *views, *code,
@@ -268,34 +275,34 @@ class Generator:
         net = self.net
         head = net.head
         ind = "    "
-        arrays = "params, grads, state, ws, iws, sws, siws, random, offset"
         loss = self.kernel(loss_kernel())
         body: list[str] = []
 
         lines, outs = self.forward_lines(head, False, ind)
         body += self.function(
-            f"predict(x, probs, {arrays})",
+            "predict",
+            "x, probs",
             ["Class probabilities of x (N, C, H, W) into probs (N, classes)."],
             [*lines, f"{ind}{self.kernel(softmax_forward())}({outs[-1]}, probs)"],
         )
         train_lines, outs_train = self.forward_lines(len(net.layers), True, ind * 2)
         infer_lines, outs_infer = self.forward_lines(len(net.layers), False, ind)
         body += self.function(
-            f"forward(x, training, {arrays})",
+            "forward", "x, training",
             ["The last layer's output for x, in training or inference mode."],
             [f"{ind}if training:", *train_lines, f"{ind * 2}return {outs_train[-1]}",
              *infer_lines, f"{ind}return {outs_infer[-1]}"],
         )  # fmt: skip
         views, saved = self.forward_lines(len(net.layers), True, ind, compute=False)
         body += self.function(
-            f"backward(grad, x, {arrays})",
+            "backward", "grad, x",
             ["dL/dx from dL/d(output) after a forward in training mode; fills every", "parameter gradient."],
             [*views, *self.backward_lines(len(net.layers), saved[:-1], "grad", True, ind),
              f"{ind}return {self.final_grad(len(net.layers), 'grad')}"],
         )  # fmt: skip
         lines, outs = self.forward_lines(head, True, ind)
         body += self.function(
-            f"train_step(x, labels, grad_scale, {arrays})",
+            "train_step", "x, labels, grad_scale",
             ["Forward, softmax cross-entropy from the logits, backward; returns the summed",
              "loss and the number of correct predictions. Gradients are scaled by grad_scale."],
             [*lines, f"{ind}loss, correct = {loss}({outs[-1]}, labels, grad_logits, grad_scale)",
@@ -303,7 +310,7 @@ class Generator:
         )  # fmt: skip
         lines, outs = self.forward_lines(head, False, ind)
         body += self.function(
-            f"evaluate(x, labels, predictions, {arrays})",
+            "evaluate", "x, labels, predictions",
             ["Summed loss and correct count of x in inference mode; the predicted class",
              "of every row goes to predictions."],
             [*lines, f"{ind}{self.kernel(argmax_kernel())}({outs[-1]}, predictions)",
@@ -431,6 +438,7 @@ class Plan:
         generator = Generator(net)
         self.source = generator.source()
         self.layout = generator.layout
+        self.signatures = generator.signatures
         self.module = load_module(self.source)
         self.workspaces: dict[int, Workspace] = {}
         # Counts workspace replacements, so callers holding on to the old arrays rebind.
@@ -451,29 +459,19 @@ class Plan:
             self.generation += 1
         return space
 
-    def arrays(self, space: Workspace, offset: int = 0) -> tuple:
-        """The trailing arguments of every plan function; `offset` is the index of x's first
-        example in the whole batch (for random layers, see cnntool.layers.base.OFFSET)."""
+    def arrays(self, function: str, space: Workspace, offset: int = 0) -> tuple:
+        """The trailing arguments of a plan function, for one worker's workspace; `offset` is
+        the index of x's first example in the whole batch (for random layers, see
+        cnntool.layers.base.OFFSET)."""
         net = self.net
-        return (
-            net.flat_params, space.grads, net.flat_state, space.ws, space.iws, space.sws, space.siws,
-            net.random, offset,
-        )  # fmt: skip
-
-    def predict(self, x: np.ndarray, probs: np.ndarray, worker: int = 0) -> None:
-        self.module.predict(x, probs, *self.arrays(self.workspace(x.shape[0], worker)))
+        pools = {
+            "params": net.flat_params, "grads": space.grads, "state": net.flat_state, "ws": space.ws,
+            "iws": space.iws, "sws": space.sws, "siws": space.siws, "random": net.random, "offset": offset,
+        }  # fmt: skip
+        return tuple(pools[name] for name in self.signatures[function])
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        return self.module.forward(x, training, *self.arrays(self.workspace(x.shape[0])))
+        return self.module.forward(x, training, *self.arrays("forward", self.workspace(x.shape[0])))
 
     def backward(self, grad: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return self.module.backward(grad, x, *self.arrays(self.workspace(x.shape[0])))
-
-    def evaluate(self, x: np.ndarray, labels: np.ndarray, predictions: np.ndarray, worker: int = 0) -> tuple:
-        return self.module.evaluate(x, labels, predictions, *self.arrays(self.workspace(x.shape[0], worker)))
-
-    def train_step(
-        self, x: np.ndarray, labels: np.ndarray, grad_scale: float, worker: int = 0, offset: int = 0
-    ) -> tuple[float, int]:
-        space = self.workspace(x.shape[0], worker)
-        return self.module.train_step(x, labels, grad_scale, *self.arrays(space, offset))
+        return self.module.backward(grad, x, *self.arrays("backward", self.workspace(x.shape[0])))
