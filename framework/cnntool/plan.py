@@ -37,12 +37,13 @@ from typing import Any
 import numpy as np
 
 from cnntool.layers.base import Array, Layer, Ref
+from cnntool.layers.maxpool2d import MaxPool2D
 from cnntool.layers.relu import ReLU
 
 # A ReLU that follows a layer able to apply it (conv2d) runs inside that layer's kernels:
 # the layer writes straight into the ReLU's output buffer and masks the gradient itself,
 # saving a pass over the activations each way.
-NEXT_OUT = Ref("next_buf", "out")
+NEXT_OUT = Ref("next_buf", "out", 1)
 
 CACHE_ENV = "CNNTOOL_CACHE_DIR"
 ALIGN = 16  # floats: keeps every array 64-byte aligned
@@ -150,8 +151,8 @@ class Generator:
             return f"T{index}_{ref.name}"
         if ref.kind in ("random", "offset"):  # arguments of every plan function (see RANDOM)
             return ref.kind
-        if ref.kind == "next_buf":  # the following layer's buffer, for a fused ReLU
-            return f"L{index + 1}_{ref.name}"
+        if ref.kind == "next_buf":  # a following layer's buffer, for fused kernels
+            return f"L{index + ref.step}_{ref.name}"
         raise ValueError(f"unknown reference {ref}")
 
     def flat_view(self, kind: str, key: str) -> str:
@@ -167,19 +168,32 @@ class Generator:
         return lines
 
     def forward_lines(
-        self, stop: int, training: bool, indent: str, compute: bool = True
+        self, stop: int, training: bool, indent: str, compute: bool = True, inference_only: bool = False
     ) -> tuple[list[str], list[str]]:
         """Lines running layers[:stop] forward (only naming the views when not `compute`);
-        also returns each layer's input variable and, last, the output variable."""
+        also returns each layer's input variable and, last, the output variable. With
+        `inference_only` (no backward pass follows) conv2d -> relu -> 2x2 max-pool runs as
+        one kernel that keeps nothing for a backward pass."""
         lines: list[str] = []
         inputs = []
         current = "x"
+        pooled = -1  # index of the pool computed by a conv2d -> relu -> pool kernel
         for index, layer in enumerate(self.net.layers[:stop]):
             inputs.append(current)
             lines.append(f"{indent}# {index}: {layer.name} ({layer.config.type}) -> {layer.output_shape}")
             if layer.view:
                 lines.append(f"{indent}V{index} = {current}.reshape((n, {shape_text(layer.output_shape)}))")
                 current = f"V{index}"
+                continue
+            if index <= pooled:
+                lines[-1] += " (computed by an earlier layer's kernel)"
+                current = self.ref(index, layer.forward_result, current, "")
+                continue
+            if inference_only and self.fused_pool(index, stop):
+                pooled = index + 2
+                calls = layer.relu_pool_calls(Ref("next_buf", "out", 2))
+                if compute:
+                    lines += self.emit_calls(index, calls, current, "", indent)
                 continue
             if self.fused(index - 1, stop):  # the layer before computed this ReLU already
                 lines[-1] += " (applied by the layer before)"
@@ -193,6 +207,19 @@ class Generator:
                 lines += self.emit_calls(index, calls, current, "", indent)
             current = self.ref(index, layer.forward_result, current, "")
         return lines, [*inputs, current]
+
+    def fused_pool(self, index: int, stop: int) -> bool:
+        """Whether layers index, index+1, index+2 are a conv2d able to fuse, a relu and a 2x2
+        max-pool of stride 2, all inside layers[:stop]."""
+        layers = self.net.layers
+        return (
+            0 <= index < stop - 2
+            and getattr(layers[index], "fuses_relu", False)
+            and hasattr(layers[index], "relu_pool_calls")
+            and isinstance(layers[index + 1], ReLU)
+            and type(layers[index + 2]) is MaxPool2D
+            and layers[index + 2].window == (2, 2, 2, 2)
+        )
 
     def fused(self, index: int, stop: int) -> bool:
         """Whether layer `index` computes the ReLU layer after it too (both inside layers[:stop])."""
@@ -278,7 +305,7 @@ class Generator:
         loss = self.kernel(loss_kernel())
         body: list[str] = []
 
-        lines, outs = self.forward_lines(head, False, ind)
+        lines, outs = self.forward_lines(head, False, ind, inference_only=True)
         body += self.function(
             "predict",
             "x, probs",
@@ -308,7 +335,7 @@ class Generator:
             [*lines, f"{ind}loss, correct = {loss}({outs[-1]}, labels, grad_logits, grad_scale)",
              *self.backward_lines(head, outs[:-1], "grad_logits", False, ind), f"{ind}return loss, correct"],
         )  # fmt: skip
-        lines, outs = self.forward_lines(head, False, ind)
+        lines, outs = self.forward_lines(head, False, ind, inference_only=True)
         body += self.function(
             "evaluate", "x, labels, predictions",
             ["Summed loss and correct count of x in inference mode; the predicted class",

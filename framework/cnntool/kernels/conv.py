@@ -360,3 +360,48 @@ def crop_padding(padded, pad_top, pad_left, image):
             target = image[c, h]
             for w in range(width):
                 target[w] = source[w]
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def crop_relu_pool(full, wp, bias, use_bias, out):
+    """out[o, p, q] = max(0, bias[o] + max of full over the 2x2 window at (2p, 2q)): a conv's
+    product cropped, a ReLU and a 2x2 max-pool in one pass (inference only: nothing for a
+    backward pass is kept)."""
+    out_channels, oh, ow = out.shape
+    zero = np.float32(0.0)
+    for o in range(out_channels):
+        b = bias[o] if use_bias else zero
+        for p in range(oh):
+            top = full[o, 2 * p * wp : 2 * p * wp + 2 * ow]
+            bottom = full[o, (2 * p + 1) * wp : (2 * p + 1) * wp + 2 * ow]
+            target = out[o, p]
+            for q in range(ow):
+                best = max(max(top[2 * q], top[2 * q + 1]), max(bottom[2 * q], bottom[2 * q + 1]))
+                target[q] = max(best + b, zero)
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def conv2d_relu_pool_wide(x, weight, bias, use_bias, pad_top, pad_left, padded, columns, full, out):
+    """Inference of conv2d (stride 1), ReLU and 2x2 max-pool together: the wide im2col
+    product per image, then crop_relu_pool straight into the pooled output."""
+    n_images = out.shape[0]
+    out_channels, channels, kh, kw = weight.shape
+    padding = padded.shape[1] != x.shape[2] or padded.shape[2] != x.shape[3]
+    hp, wp = (padded.shape[1], padded.shape[2]) if padding else (x.shape[2], x.shape[3])
+    rows, span = columns.shape[1], columns.shape[2]
+    stride = full.shape[1]
+    flat_weight = weight.reshape(weight.size)
+    flat_full = full.reshape(full.size)
+    cols = columns[0]
+    flat_cols = cols.reshape(cols.size)
+    for n in range(n_images):
+        if padding:
+            pad_image(x[n], pad_top, pad_left, padded)
+            source = padded.reshape(padded.size)
+        else:
+            source = x[n].reshape(channels * hp * wp)
+        im2col_rows(source, channels, hp, wp, kh, kw, span, cols)
+        gemm(
+            NO, NO, out_channels, span, rows, 1.0, flat_weight, rows, flat_cols, span, 0.0, flat_full, stride
+        )
+        crop_relu_pool(full, wp, bias, use_bias, out[n])

@@ -43,10 +43,12 @@ Shape = tuple[int, ...]
 
 class Ref(NamedTuple):
     """An array named in a kernel call: the layer's input `x`, the incoming `grad_out`, or a
-    parameter, gradient, state, per-example buffer or scratch array by name."""
+    parameter, gradient, state, per-example buffer or scratch array by name. (`step` is for
+    the plan's fused kernels, which may name the buffer of a layer `step` places later.)"""
 
     kind: str
     name: str = ""
+    step: int = 0
 
 
 class Array(NamedTuple):

@@ -12,6 +12,7 @@ from cnntool.kernels.conv import (
     conv2d_backward_wide,
     conv2d_forward,
     conv2d_forward_wide,
+    conv2d_relu_pool_wide,
 )
 from cnntool.layers.base import (
     GRAD_OUT,
@@ -191,6 +192,16 @@ class Conv2D(Layer):
             return [(conv2d_forward_wide, args)]
         args = (X, param("weight"), bias, self.config.use_bias, sh, sw, top, left, buf("cols"), buf("out"))
         return [(conv2d_forward, args)]
+
+    def relu_pool_calls(self, pooled: Ref) -> list[Call]:
+        """Inference of this layer, a ReLU and a 2x2 max-pool after it, into `pooled` (the
+        pool's output buffer): one pass over the product instead of three."""
+        top, left, _, _ = self.padding(self.input_shape)
+        bias = param("bias") if self.config.use_bias else scratch("no_bias")
+        columns = buf("cols") if self.keep_columns else scratch("cols")
+        args = (X, param("weight"), bias, self.config.use_bias, top, left,
+                scratch("padded"), columns, scratch("full"), pooled)  # fmt: skip
+        return [(conv2d_relu_pool_wide, args)]
 
     def backward_calls(self, need_grad_x: bool, relu_output: Ref | None = None) -> list[Call]:
         """The backward kernel; with `relu_output` (the fused ReLU's output buffer) grad_out
