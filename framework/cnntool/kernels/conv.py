@@ -201,6 +201,39 @@ def col2im_rows(cols, channels, height, width, kh, kw, span, grad_image):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
+def image_columns(image, kh, kw, pad_top, pad_left, padded, cols):
+    """cols = the wide im2col of one image (padded first, into `padded`, when that is larger
+    than the image); returns the padded width WP the columns are laid out on."""
+    channels, height, width = image.shape
+    if padded.shape[1] != height or padded.shape[2] != width:
+        pad_image(image, pad_top, pad_left, padded)
+        im2col_rows(
+            padded.reshape(padded.size),
+            channels,
+            padded.shape[1],
+            padded.shape[2],
+            kh,
+            kw,
+            cols.shape[1],
+            cols,
+        )
+        return padded.shape[2]
+    im2col_rows(image.reshape(image.size), channels, height, width, kh, kw, cols.shape[1], cols)
+    return width
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def wide_product(image, weight, pad_top, pad_left, padded, cols, full):
+    """full = W (O, C*KH*KW) @ cols: one image's stride-1 convolution on rows of the padded
+    width WP (the last KW - 1 columns of each row spill over); returns WP."""
+    out_channels, rows, span = weight.shape[0], cols.shape[0], cols.shape[1]
+    wp = image_columns(image, weight.shape[2], weight.shape[3], pad_top, pad_left, padded, cols)
+    gemm(NO, NO, out_channels, span, rows, 1.0, weight.reshape(weight.size), rows, cols.reshape(cols.size),
+         span, 0.0, full.reshape(full.size), full.shape[1])  # fmt: skip
+    return wp
+
+
+@njit(cache=True, fastmath=True, nogil=True)
 def conv2d_forward_wide(x, weight, bias, use_bias, keep, relu, pad_top, pad_left, padded, columns, full, out):
     """Stride-1 convolution with wide im2col: out[n] = W (O, C*KH*KW) @ cols, computed on rows
     of the padded width WP and cropped to OW (see the module docs).
@@ -210,26 +243,9 @@ def conv2d_forward_wide(x, weight, bias, use_bias, keep, relu, pad_top, pad_left
     without padding), full (O, OH*WP). With `relu`, out = max(conv, 0): a ReLU layer that
     follows is computed here (see cnntool.plan).
     """
-    n_images, out_channels, oh = out.shape[0], out.shape[1], out.shape[2]
-    channels, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
-    padding = padded.shape[1] != x.shape[2] or padded.shape[2] != x.shape[3]
-    hp, wp = (padded.shape[1], padded.shape[2]) if padding else (x.shape[2], x.shape[3])
-    rows, span = columns.shape[1], columns.shape[2]
-    stride = oh * wp
-    flat_weight = weight.reshape(weight.size)
-    flat_full = full.reshape(full.size)
-    for n in range(n_images):
+    for n in range(out.shape[0]):
         cols = columns[n] if keep else columns[0]
-        flat_cols = cols.reshape(cols.size)
-        if padding:
-            pad_image(x[n], pad_top, pad_left, padded)
-            source = padded.reshape(padded.size)
-        else:
-            source = x[n].reshape(channels * hp * wp)
-        im2col_rows(source, channels, hp, wp, kh, kw, span, cols)
-        gemm(
-            NO, NO, out_channels, span, rows, 1.0, flat_weight, rows, flat_cols, span, 0.0, flat_full, stride
-        )
+        wp = wide_product(x[n], weight, pad_top, pad_left, padded, cols, full)
         crop(full, wp, bias, use_bias, relu, out[n])
 
 
@@ -264,44 +280,15 @@ def conv2d_backward_wide(
         cols = columns[n] if keep else columns[0]
         flat_cols = cols.reshape(cols.size)
         if not keep:
-            if padding:
-                pad_image(x[n], pad_top, pad_left, padded)
-                source = padded.reshape(padded.size)
-            else:
-                source = x[n].reshape(channels * hp * wp)
-            im2col_rows(source, channels, hp, wp, kh, kw, span, cols)
+            image_columns(x[n], kh, kw, pad_top, pad_left, padded, cols)
         beta = 0.0 if n == 0 else 1.0
-        gemm(
-            NO,
-            YES,
-            out_channels,
-            rows,
-            span,
-            1.0,
-            flat_full,
-            stride,
-            flat_cols,
-            span,
-            beta,
-            flat_grad_weight,
-            rows,
-        )
+        # dW (+)= G @ cols.T
+        gemm(NO, YES, out_channels, rows, span, 1.0, flat_full, stride, flat_cols, span, beta,
+             flat_grad_weight, rows)  # fmt: skip
         if need_grad_x:
-            gemm(
-                YES,
-                NO,
-                rows,
-                span,
-                out_channels,
-                1.0,
-                flat_weight,
-                rows,
-                flat_full,
-                stride,
-                0.0,
-                flat_cols,
-                span,
-            )
+            # dcols = W.T @ G, then added back onto the image
+            gemm(YES, NO, rows, span, out_channels, 1.0, flat_weight, rows, flat_full, stride, 0.0,
+                 flat_cols, span)  # fmt: skip
             target = padded_grad if padding else grad_x[n]
             target[:] = 0.0
             col2im_rows(cols, channels, hp, wp, kh, kw, span, target.reshape(channels * hp * wp))
@@ -384,24 +371,6 @@ def crop_relu_pool(full, wp, bias, use_bias, out):
 def conv2d_relu_pool_wide(x, weight, bias, use_bias, pad_top, pad_left, padded, columns, full, out):
     """Inference of conv2d (stride 1), ReLU and 2x2 max-pool together: the wide im2col
     product per image, then crop_relu_pool straight into the pooled output."""
-    n_images = out.shape[0]
-    out_channels, channels, kh, kw = weight.shape
-    padding = padded.shape[1] != x.shape[2] or padded.shape[2] != x.shape[3]
-    hp, wp = (padded.shape[1], padded.shape[2]) if padding else (x.shape[2], x.shape[3])
-    rows, span = columns.shape[1], columns.shape[2]
-    stride = full.shape[1]
-    flat_weight = weight.reshape(weight.size)
-    flat_full = full.reshape(full.size)
-    cols = columns[0]
-    flat_cols = cols.reshape(cols.size)
-    for n in range(n_images):
-        if padding:
-            pad_image(x[n], pad_top, pad_left, padded)
-            source = padded.reshape(padded.size)
-        else:
-            source = x[n].reshape(channels * hp * wp)
-        im2col_rows(source, channels, hp, wp, kh, kw, span, cols)
-        gemm(
-            NO, NO, out_channels, span, rows, 1.0, flat_weight, rows, flat_cols, span, 0.0, flat_full, stride
-        )
+    for n in range(out.shape[0]):
+        wp = wide_product(x[n], weight, pad_top, pad_left, padded, columns[0], full)
         crop_relu_pool(full, wp, bias, use_bias, out[n])
