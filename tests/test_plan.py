@@ -224,3 +224,21 @@ def test_training_steps_allocate_no_arrays(root):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 64 * 1024, f"{peak} bytes allocated at the peak of 50 training steps"
+
+
+def test_one_workspace_per_thread_whatever_the_batch_sizes(root, rng):
+    from cnntool.threads import set_threads
+
+    set_threads(1)
+    try:
+        net = build(SPECS["seed"], root, True)
+        x = rng.random((40, 1, 28, 28), dtype=np.float32)
+        small = net.predict_proba(x[:3])
+        for n in (1, 7, 40, 2, 33):  # growing and shrinking batches
+            np.testing.assert_allclose(net.predict_proba(x[:n])[:1], small[:1], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(net.predict_proba(x[:3]), small, rtol=1e-6)
+        assert list(net.plan.workspaces) == [0]
+        assert net.plan.workspaces[0].n == 40
+        np.testing.assert_allclose(net.predict_proba(x)[:3], small, rtol=1e-5, atol=1e-7)
+    finally:
+        set_threads(None)

@@ -48,6 +48,7 @@ class Network:
         self._plan_checked = False
         self._last_x: np.ndarray | None = None
         self._runners: dict[tuple[str, int, int], Any] = {}
+        self._runners_generation = 0
         self._input_shape = tuple(spec.input_shape)
 
     @classmethod
@@ -221,14 +222,18 @@ class Network:
     def runner(self, task: str, n: int) -> Any:
         """The function doing `task` ("train_step", "evaluate" or "predict") on batches of n,
         with everything that does not change between batches bound once: the hot path."""
+        plan = self._plan
+        if plan is not None and plan.generation != self._runners_generation:
+            # A workspace grew (a larger batch came): the runners hold its old arrays.
+            self._runners.clear()
+            self._runners_generation = plan.generation
         key = (task, n, ensure_threads())
         run = self._runners.get(key)
         if run is None:
-            generation = self._plan.generation if self._plan is not None else 0
-            run = self._make_runner(task, n)
-            if self._plan is not None and self._plan.generation != generation:
-                self._runners.clear()  # a workspace grew: the others hold its old arrays
-            self._runners[key] = run
+            run = self._runners[key] = self._make_runner(task, n)
+            if self._plan is not None and self._plan.generation != self._runners_generation:
+                self._runners = {key: run}  # made while a workspace grew: the rest is stale
+                self._runners_generation = self._plan.generation
         return run
 
     def _make_runner(self, task: str, n: int) -> Any:
