@@ -27,7 +27,10 @@ def train(
     ] = None,
     data: Annotated[
         str | None,
-        typer.Option(help="Dataset: mnist-sample, a folder of IDX files, or an .npz file."),
+        typer.Option(
+            help="Dataset: mnist-sample, mnist, fashion-mnist, a folder (IDX files or one sub-folder of "
+            "images per class) or an .npz [spec]."
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs to train in all [spec or 5].")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Examples per step [spec or 32].")] = None,
