@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cnntool
 from cnntool.errors import InputError, SpecError
@@ -191,3 +193,49 @@ def test_trailing_softmax_is_the_classifier_head(rng):
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-6)
     np.testing.assert_allclose(net.predict_proba(x), probs, rtol=1e-6)
     assert net.head == 2
+
+
+JSON_LEAF = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12), st.sampled_from(["conv2d", "dense", "relu", "same", "valid", "flatten", "softmax"]),
+)  # fmt: skip
+JSON_VALUE = st.recursive(
+    JSON_LEAF,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(draw=st.data())
+def test_mutated_specs_give_only_spec_errors(draw, seed_spec_path):
+    """Hundreds of damaged specs: a value anywhere replaced by arbitrary JSON, a key dropped or
+    added. Validation either accepts the spec or raises SpecError, never anything else; an
+    accepted spec that is small enough also builds."""
+    spec = json.loads(seed_spec_path.read_text())
+    path = []
+    target = spec
+    while isinstance(target, (dict, list)) and target and draw.draw(st.booleans()):
+        key = draw.draw(st.sampled_from(sorted(target) if isinstance(target, dict) else range(len(target))))
+        path.append(key)
+        target = target[key]
+    parent = spec
+    for key in path[:-1]:
+        parent = parent[key]
+    action = draw.draw(st.sampled_from(["replace", "drop", "add"]))
+    if not path:
+        spec = draw.draw(JSON_VALUE) if action == "replace" else spec
+    elif action == "replace":
+        parent[path[-1]] = draw.draw(JSON_VALUE)
+    elif action == "drop" and isinstance(parent, dict):
+        del parent[path[-1]]
+    elif isinstance(parent, dict):
+        parent[draw.draw(st.text(max_size=8))] = draw.draw(JSON_VALUE)
+    try:
+        validated = validate_spec(json.dumps(spec, allow_nan=True) if draw.draw(st.booleans()) else spec)
+    except SpecError:
+        return
+    from cnntool.summary import describe_spec
+
+    if describe_spec(validated)["total_params"] < 200_000:
+        cnntool.Network.from_spec(validated, seed=0)
