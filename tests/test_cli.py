@@ -71,7 +71,12 @@ def test_bundle_records_history_preprocessing_and_dataset(trained):
     path, report, _ = trained
     bundle = cnntool.load_bundle(path)
     assert bundle.meta["history"] == report["history"]
-    assert bundle.meta["preprocessing"] == {"pixel_scale": 1 / 255, "mean": 0.0, "std": 1.0}
+    assert bundle.meta["preprocessing"] == {
+        "pixel_scale": 1 / 255,
+        "mean": 0.0,
+        "std": 1.0,
+        "image_fit": "mnist",
+    }
     assert bundle.meta["dataset"]["name"] == "mnist-sample"
     assert bundle.meta["seed"] == 1
     assert bundle.meta["training"]["epochs"] == 3

@@ -607,12 +607,12 @@ def test_preprocess_applies_mean_and_std():
     np.testing.assert_allclose(out, [-2.0, 1.0], rtol=1e-6)
 
 
-def test_preprocessing_for_records_the_default_as_a_new_dict():
-    for x in (np.zeros((1, 1, 2, 2), np.uint8), np.ones((1, 1, 2, 2), np.float32)):
-        recorded = preprocessing_for(x)
-        assert recorded == {"pixel_scale": 1 / 255, "mean": 0.0, "std": 1.0}
-        recorded["mean"] = 3.0
-        assert DEFAULT_PREPROCESSING["mean"] == 0.0
+def test_preprocessing_for_records_the_default_as_a_new_dict(tmp_path):
+    sample = load_dataset("mnist-sample")
+    recorded = preprocessing_for(sample)
+    assert recorded == {"pixel_scale": 1 / 255, "mean": 0.0, "std": 1.0, "image_fit": "mnist"}
+    recorded["mean"] = 3.0
+    assert DEFAULT_PREPROCESSING["mean"] == 0.0
 
 
 def test_split_validation_needs_one_label_per_image():

@@ -232,3 +232,40 @@ def test_empty_folder_is_neither_kind(tmp_path):
         DataError, match=r"empty: holds neither IDX files \(train-images-idx3-ubyte, .*\) nor one"
     ):
         load_dataset(tmp_path / "empty")
+
+
+def test_models_trained_on_pictures_resize_other_sizes_plainly(tmp_path):
+    """A model trained on a folder of pictures records image_fit "resize": at inference an
+    image of another size is resized as it is, not treated as a handwritten digit (which
+    would invert, crop and centre it)."""
+    import json
+
+    import cnntool
+    from cnntool.data.images import load_image
+    from cnntool.predict import predict_files, predict_raw
+    from cnntool.training_run import TrainingRun
+
+    rng = np.random.default_rng(0)
+    for name in ("dark", "light"):
+        for index in range(6):
+            base = 40 if name == "dark" else 200
+            save(
+                tmp_path / "pics" / name / f"{index}.png",
+                (base + rng.integers(0, 30, (8, 8))).astype(np.uint8),
+            )
+    spec = {"input_shape": [1, 8, 8], "layers": [{"type": "flatten"}, {"type": "dense", "units": 2}]}
+    run = TrainingRun.prepare(
+        json.dumps(spec), tmp_path / "pics.cnnb", {"data": str(tmp_path / "pics"), "epochs": 1}
+    )
+    run.run()
+    bundle = cnntool.load_bundle(tmp_path / "pics.cnnb")
+    assert bundle.preprocessing["image_fit"] == "resize"
+
+    # A light 16x16 picture: MNIST-style would invert it into a dark one.
+    photo = save(tmp_path / "photo.png", np.full((16, 16), 220, np.uint8))
+    resized = np.asarray(Image.open(photo).resize((8, 8), Image.Resampling.LANCZOS))[np.newaxis]
+    np.testing.assert_array_equal(load_image(photo, (1, 8, 8), "resize"), resized)
+    assert load_image(photo, (1, 8, 8), "mnist").max() < 100  # the digit treatment, for contrast
+    [record] = predict_files(bundle, [photo])
+    expected = predict_raw(bundle.network, resized[np.newaxis], bundle.preprocessing)[0]
+    np.testing.assert_allclose(record["probabilities"], expected, rtol=1e-6)

@@ -36,7 +36,8 @@ def predict_files(bundle: Any, paths: list[Path], top_k: int = 3) -> list[dict[s
     from cnntool.data import load_input_file
 
     net = bundle.network
-    batches = [(path, load_input_file(path, net.input_shape)) for path in paths]
+    fit = bundle.preprocessing.get("image_fit", "mnist")
+    batches = [(path, load_input_file(path, net.input_shape, fit)) for path in paths]
     records = []
     for path, x in batches:
         probabilities = predict_raw(net, x, bundle.preprocessing)

@@ -184,7 +184,7 @@ class TrainingRun:
         )
         return cls(
             spec, options, out, dataset, net, optimizer, x_train, y_train, x_val, y_val,
-            preprocessing_for(dataset.x_train), threads,
+            preprocessing_for(dataset), threads,
         )  # fmt: skip
 
     def make_trainer(self) -> Any:

@@ -116,13 +116,15 @@ def split_validation(
     return x[train_index], y[train_index], x[val_index], y[val_index]
 
 
-def preprocessing_for(x: np.ndarray) -> dict:
-    """The preprocessing to record for a model trained on `x`.
+def preprocessing_for(dataset: Dataset) -> dict:
+    """The preprocessing to record for a model trained on `dataset`.
 
-    `preprocess` picks the pixel scale per array (see the module docs), so the recorded dict
-    is the same for uint8 and float data: `DEFAULT_PREPROCESSING`, as a new dict.
+    `preprocess` picks the pixel scale per array (see the module docs), so the scaling is
+    the same for uint8 and float data: `DEFAULT_PREPROCESSING`. `image_fit` says how an
+    image of another size is fitted at inference (see cnntool.data.images.IMAGE_FITS): a
+    plain resize for a folder of pictures, MNIST-style otherwise.
     """
-    return dict(DEFAULT_PREPROCESSING)
+    return {**DEFAULT_PREPROCESSING, "image_fit": dataset.info.get("image_fit", "mnist")}
 
 
 def input_scale(x: np.ndarray, preprocessing: dict) -> float:
@@ -175,7 +177,8 @@ def _load_image_folder(folder: Path, input_shape: tuple[int, int, int] | None) -
     arrays[CLASSES_KEY] = np.array(classes)
     origins = {key: f"{folder}: {key}" for key in arrays}
     origins[CLASSES_KEY] = f"{folder}: class folders"
-    return _assemble(str(folder), str(folder), arrays, origins, record["files"], {"images": record["images"]})
+    provenance = {"images": record["images"], "image_fit": "resize"}
+    return _assemble(str(folder), str(folder), arrays, origins, record["files"], provenance)
 
 
 def _load_npz_file(path: Path) -> Dataset:

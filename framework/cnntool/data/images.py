@@ -30,32 +30,43 @@ MIN_CONTRAST = 32
 INK_THRESHOLD = 64
 
 
-def load_input_file(path: str | os.PathLike, input_shape: tuple[int, int, int]) -> np.ndarray:
+# How an image of another size than the model's is fitted to it: "mnist" (grayscale models
+# trained on digit-like data: invert, crop, centre by mass) or "resize" (a plain resize,
+# for models trained on a folder of pictures). A bundle records it as preprocessing's
+# `image_fit`.
+IMAGE_FITS = ("mnist", "resize")
+
+
+def load_input_file(
+    path: str | os.PathLike, input_shape: tuple[int, int, int], fit: str = "mnist"
+) -> np.ndarray:
     """A batch `(N, C, H, W)` from an image (N = 1) or a .npy array; uint8 or float32."""
     path = Path(path)
     with _open(path) as file:
         is_npy = file.read(len(NPY_MAGIC)) == NPY_MAGIC
     if is_npy or path.suffix.lower() == ".npy":
         return _load_npy(path, input_shape)
-    return load_image(path, input_shape)[np.newaxis]
+    return load_image(path, input_shape, fit)[np.newaxis]
 
 
-def load_image(path: str | os.PathLike, input_shape: tuple[int, int, int]) -> np.ndarray:
+def load_image(path: str | os.PathLike, input_shape: tuple[int, int, int], fit: str = "mnist") -> np.ndarray:
     """The image at `path` as model input pixels, `(C, H, W)` uint8, for C of 1 or 3."""
     path = Path(path)
     _check_channels(path, input_shape)
     with _open(path) as file:
-        return read_image(file, input_shape, str(path))
+        return read_image(file, input_shape, str(path), fit)
 
 
-def read_image(file: BinaryIO, input_shape: tuple[int, int, int], where: str) -> np.ndarray:
+def read_image(
+    file: BinaryIO, input_shape: tuple[int, int, int], where: str, fit: str = "mnist"
+) -> np.ndarray:
     """Like `load_image`, from an open binary file (an upload, a BytesIO); errors name `where`."""
     _check_channels(where, input_shape)
     channels, height, width = input_shape
     image = decode_image(file, where, "L" if channels == 1 else "RGB")
     if image.size == (width, height):
         pixels = np.asarray(image)
-    elif channels == 1:
+    elif channels == 1 and fit == "mnist":
         pixels = _mnist_style(np.asarray(image), height, width)
     else:
         pixels = np.asarray(image.resize((width, height), Image.Resampling.LANCZOS))

@@ -117,8 +117,9 @@ def image_inputs(
     images: list[tuple[bytes, str]], input_shape: tuple[int, int, int], preprocessing: dict
 ) -> np.ndarray:
     """Model input (N, C, H, W) float32 from image files given as (bytes, name for errors)."""
+    fit = preprocessing.get("image_fit", "mnist")
     batch = [
-        preprocess(read_image(io.BytesIO(data), input_shape, where)[np.newaxis], preprocessing)
+        preprocess(read_image(io.BytesIO(data), input_shape, where, fit)[np.newaxis], preprocessing)
         for data, where in images
     ]
     return np.concatenate(batch)

@@ -57,7 +57,7 @@ class ModelInfo(BaseModel):
     created_with: str | None = Field(description="The cnntool version that wrote the bundle.")
     created_at: str | None
     providers: dict[str, str] = Field(description="Distribution providing each layer type.")
-    preprocessing: dict[str, float]
+    preprocessing: dict[str, float | str]
     training: TrainingSummary
 
 
