@@ -359,3 +359,12 @@ def repack_digest_safe(doc):
         return repack_digest(doc)
     except BundleError:
         return repack(doc)
+
+
+def test_written_bundles_get_ordinary_file_permissions(trained, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = cnntool.save_bundle(trained[0], tmp_path / "perm.cnnb")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -22,11 +22,12 @@ that says what. Writing is atomic: temporary file in the same folder, fsync, ren
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,11 +128,13 @@ def save_bundle(net: Any, path: str | os.PathLike, meta: dict | None = None, opt
 
 
 def atomic_write(path: Path, data: bytes) -> Path:
-    """Write to a temporary file beside `path`, fsync it, then rename over `path`."""
+    """Write to a temporary file beside `path`, fsync it, then rename over `path`. The file
+    gets the permissions a new file would (0666 less the umask), unlike a mkstemp file."""
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise BundleError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -139,24 +142,16 @@ def atomic_write(path: Path, data: bytes) -> Path:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with _suppress():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    with _suppress():
+    with contextlib.suppress(OSError):
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
     return path
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
 
 
 def tensor_record(array: np.ndarray) -> dict:
