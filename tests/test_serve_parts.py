@@ -164,15 +164,21 @@ def test_server_metrics_start_at_zero():
     assert "# TYPE cnntool_request_duration_seconds histogram\n" in text
 
 
+def local_settings(bundle: str, **changes) -> ServeSettings:
+    """Settings of a one-worker, one-thread server on loopback, with `changes`."""
+    options = {
+        "bundle": bundle, "host": "127.0.0.1", "port": 0, "workers": 1, "threads": 1,
+        "max_body_bytes": 1 << 20, "max_batch": 8, "max_wait_ms": 1.0, "access_log": False,
+    }  # fmt: skip
+    return ServeSettings(**{**options, **changes})
+
+
 # --- readiness --------------------------------------------------------------------------------
 
 
 def test_not_ready_until_the_model_is_loaded_and_warmed_up(tmp_path, seed_spec_path):
     path = cnntool.save_bundle(cnntool.Network.from_spec(seed_spec_path, seed=0), tmp_path / "seed.cnnb")
-    settings = ServeSettings(
-        bundle=str(path), host="127.0.0.1", port=0, workers=1, threads=1,
-        max_body_bytes=1 << 20, max_batch=8, max_wait_ms=1.0, access_log=False, ready_wait_s=0.2,
-    )  # fmt: skip
+    settings = local_settings(str(path), ready_wait_s=0.2)
     app = create_app(settings)
     loading = {"error": "the model is still loading; retry when /readyz answers 200"}
 
@@ -200,10 +206,7 @@ def test_not_ready_until_the_model_is_loaded_and_warmed_up(tmp_path, seed_spec_p
 
 
 def test_a_bundle_that_fails_to_load_keeps_the_server_unready(tmp_path):
-    settings = ServeSettings(
-        bundle=str(tmp_path / "gone.cnnb"), host="127.0.0.1", port=0, workers=1, threads=1,
-        max_body_bytes=1 << 20, max_batch=8, max_wait_ms=1.0, access_log=False,
-    )  # fmt: skip
+    settings = local_settings(str(tmp_path / "gone.cnnb"))
     app = create_app(settings)
 
     async def main():
@@ -223,10 +226,7 @@ def test_a_bundle_that_fails_to_load_keeps_the_server_unready(tmp_path):
 
 def test_a_request_during_start_up_waits_for_the_model(tmp_path, seed_spec_path):
     path = cnntool.save_bundle(cnntool.Network.from_spec(seed_spec_path, seed=0), tmp_path / "seed.cnnb")
-    settings = ServeSettings(
-        bundle=str(path), host="127.0.0.1", port=0, workers=1, threads=1,
-        max_body_bytes=1 << 20, max_batch=8, max_wait_ms=1.0, access_log=False,
-    )  # fmt: skip
+    settings = local_settings(str(path))
     app = create_app(settings)
 
     async def main():

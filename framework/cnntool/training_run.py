@@ -80,7 +80,10 @@ class TrainingRun:
         spec = validate_spec(spec_source)
         options = merge_options(spec.training, overrides, TrainingConfig)
         if options.data is None:
-            raise DataError("no dataset given: pass --data (mnist-sample, a folder of IDX files or an .npz)")
+            raise DataError(
+                "no dataset given: pass --data (mnist-sample, mnist, fashion-mnist, a folder of IDX files "
+                "or of class sub-folders of images, or an .npz), or set data in the spec's training section"
+            )
         check_log(options.log)
         dataset = load_dataset(options.data)
         spec = fit_spec_to_data(spec, dataset)
