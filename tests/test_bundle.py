@@ -111,6 +111,12 @@ def test_write_is_atomic_and_leaves_no_temporary_files(trained, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["model.cnnb"]
     with pytest.raises(BundleError, match="does not exist"):
         cnntool.save_bundle(net, tmp_path / "nope" / "model.cnnb")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(BundleError, match=r"taken: cannot write: Is a directory"):
+        cnntool.save_bundle(net, tmp_path / "taken")
+    assert sorted(os.listdir(tmp_path)) == ["model.cnnb", "taken"]
+    with pytest.raises(BundleError, match=r"/model\\x00\.cnnb': a path cannot contain a NUL byte"):
+        cnntool.save_bundle(net, str(tmp_path / "model\x00.cnnb"))
 
 
 def test_missing_and_unreadable_files(tmp_path):
@@ -118,6 +124,8 @@ def test_missing_and_unreadable_files(tmp_path):
         cnntool.load_bundle(tmp_path / "nothere.cnnb")
     with pytest.raises(BundleError, match="is a folder"):
         cnntool.load_bundle(tmp_path)
+    with pytest.raises(BundleError, match="a path cannot contain a NUL byte"):
+        cnntool.load_bundle("model\x00.cnnb")
     empty = tmp_path / "empty.cnnb"
     empty.write_bytes(b"")
     with pytest.raises(BundleError, match="file is empty"):

@@ -433,6 +433,8 @@ def test_unknown_source_lists_accepted_forms(tmp_path):
         r"of images per class, or an \.npz file",
     ):
         load_dataset(str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="a path cannot contain a NUL byte"):
+        load_dataset("data\x00.npz")
 
 
 def test_other_file_is_not_a_dataset(tmp_path):

@@ -154,6 +154,8 @@ def test_missing_image(tmp_path):
         load_input_file(tmp_path / "nope.png", MNIST)
     with pytest.raises(InputError, match=r"nope\.png: file not found"):
         load_image(tmp_path / "nope.png", MNIST)
+    with pytest.raises(InputError, match="a path cannot contain a NUL byte"):
+        load_image("nope\x00.png", MNIST)
 
 
 def test_truncated_png(tmp_path):

@@ -126,6 +126,8 @@ def test_top_level_errors():
 def test_spec_files(tmp_path):
     with pytest.raises(SpecError, match=r"missing\.json: spec file not found"):
         validate_spec(tmp_path / "missing.json")
+    with pytest.raises(SpecError, match=r"'spec\\x00\.json': a path cannot contain a NUL byte"):
+        validate_spec("spec\x00.json")
     bad = tmp_path / "bad.json"
     bad.write_text('{"input_shape": [1, 2, 2],\n "layers": [}')
     with pytest.raises(SpecError, match=r"bad\.json: invalid JSON at line 2 column 13"):

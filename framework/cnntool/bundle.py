@@ -35,7 +35,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from cnntool.errors import BundleError, CnntoolError
+from cnntool.errors import BundleError, CnntoolError, checked_path
 
 FORMAT = "cnntool.bundle"
 FORMAT_VERSION = 1
@@ -124,26 +124,33 @@ def save_bundle(net: Any, path: str | os.PathLike, meta: dict | None = None, opt
     body = b"".join(packer.pack(key) + packer.pack(value) for key, value in entries)
     checksum = "sha256:" + hashlib.sha256(body).hexdigest()
     data = packer.pack_map_header(len(entries) + 1) + body + packer.pack("checksum") + packer.pack(checksum)
-    return atomic_write(Path(path), data)
+    return atomic_write(path, data)
 
 
-def atomic_write(path: Path, data: bytes) -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     """Write to a temporary file beside `path`, fsync it, then rename over `path`. The file
-    gets the permissions a new file would (0666 less the umask), unlike a mkstemp file."""
+    gets the permissions a new file would (0666 less the umask), unlike a mkstemp file. A
+    failure (no permission, disk full) is a BundleError and leaves no temporary file."""
+    path = checked_path(path, BundleError)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise BundleError(f"{path}: folder {folder} does not exist")
     tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot write: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise BundleError(f"{path}: cannot write: {exc.strerror or exc}") from None
         raise
     with contextlib.suppress(OSError):
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -239,7 +246,7 @@ def max_bundle_bytes() -> int:
 
 def read_bundle(path: str | os.PathLike) -> RawBundle:
     """Read and verify a bundle file without building its network (no layer code runs)."""
-    path = Path(path)
+    path = checked_path(path, BundleError)
     where = str(path)
     try:
         size = path.stat().st_size

@@ -27,3 +27,15 @@ class DataError(CnntoolError):
 
 class InputError(CnntoolError):
     """An input for inference (image, array, request) is unreadable or has the wrong shape."""
+
+
+def checked_path(source, error: type[CnntoolError]):
+    """`source` as a `Path`. A NUL byte, which no file system accepts, raises `error` naming the
+    path, instead of the ValueError that `os.stat` and `open` raise for it."""
+    import os
+    from pathlib import Path
+
+    text = os.fspath(source)
+    if "\x00" in text:
+        raise error(f"{text!r}: a path cannot contain a NUL byte")
+    return Path(text)

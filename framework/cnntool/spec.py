@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cnntool.errors import CnntoolError, SpecError
+from cnntool.errors import CnntoolError, SpecError, checked_path
 
 if TYPE_CHECKING:
     from cnntool.layers.base import Layer
@@ -104,7 +103,7 @@ def read_spec_data(source: Any) -> dict:
     if isinstance(source, str) and source.lstrip()[:1] in ("{", "["):
         return parse_json(source, "spec")
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+        path = checked_path(source, SpecError)
         try:
             if path.stat().st_size > MAX_SPEC_BYTES:
                 raise SpecError(f"{path}: spec file is larger than {MAX_SPEC_BYTES >> 20} MiB")
@@ -132,7 +131,7 @@ def parse_json(text: str, where: str) -> dict:
 def is_spec_file(path: str | os.PathLike) -> bool:
     """True for a JSON spec, False for anything else (a bundle): a spec's first non-blank
     byte is '{'. A missing or unreadable file is a CnntoolError naming it."""
-    path = Path(path)
+    path = checked_path(path, CnntoolError)
     try:
         with path.open("rb") as handle:
             return handle.read(64).lstrip().startswith(b"{")

@@ -29,7 +29,7 @@ from cnntool.data.folder import is_image_folder, read_image_folder
 from cnntool.data.idx import IDX_FILES, IMAGES_NDIM, LABELS_NDIM, candidate_names, find_idx_files, read_idx
 from cnntool.data.npz import CLASSES_KEY, read_npz
 from cnntool.data.sample import PROVENANCE, SAMPLE_FILE, SAMPLE_NAME, read_sample
-from cnntool.errors import DataError
+from cnntool.errors import DataError, checked_path
 
 MAX_CLASSES = 10_000
 ACCEPTED_SOURCES = (
@@ -75,7 +75,7 @@ def load_dataset(source: str | os.PathLike, *, input_shape: tuple[int, int, int]
         return _assemble(SAMPLE_NAME, "bundled", arrays, origins, [record], PROVENANCE)
     if isinstance(source, str) and source in NAMED:
         return _load_idx_folder(locate(NAMED[source]))
-    path = Path(source)
+    path = checked_path(source, DataError)
     if path.is_dir():
         if _has_idx_files(path):
             return _load_idx_folder(path)

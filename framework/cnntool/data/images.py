@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from cnntool.data.npz import read_npy
-from cnntool.errors import InputError
+from cnntool.errors import InputError, checked_path
 
 NPY_MAGIC = b"\x93NUMPY"
 # MNIST fits each digit in a 20x20 box inside its 28x28 frame.
@@ -85,6 +85,7 @@ def _check_channels(where: str | os.PathLike, input_shape: tuple[int, int, int])
 
 
 def _open(path: Path):
+    path = checked_path(path, InputError)
     try:
         return path.open("rb")
     except FileNotFoundError:
