@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ CNNTOOL = str(Path(sys.executable).with_name("cnntool"))
 class MirrorHandler(http.server.BaseHTTPRequestHandler):
     """Serves `server.files` by path, honouring Range, misbehaving as `server.modes` says:
     "cut" sends half the body and closes, "ignore-range" answers 200 to a Range request,
-    "hang" never answers, "wrong" flips a byte, "long" adds bytes, "missing" is a 404."""
+    "hang" never answers, "wrong" flips a byte, "long" adds bytes, "missing" is a 404, "slow"
+    pauses half a second after the first half of the body."""
 
     def do_GET(self) -> None:
         server = self.server
@@ -64,6 +66,11 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             return
+        if mode == "slow":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            time.sleep(0.5)
+            body = body[len(body) // 2 :]
         self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
@@ -296,6 +303,33 @@ def test_damaged_or_partial_file_in_the_cache_is_fetched_again(mirror, tmp_path)
         f"{tmp_path / 'a.bin'}: sha256 does not match the published one; fetching it again"
         in lines.getvalue()
     )
+
+
+def test_concurrent_downloads_into_one_folder_take_turns(mirror, tmp_path):
+    """Two fetches of the same file into the same folder at once (threads here; processes lock
+    the same way): one downloads, the other waits, then finds the file there and checked."""
+    data = payload(300_000, seed=5)
+    mirror.add("/big.bin", data, "slow")
+    streams = [io.StringIO(), io.StringIO()]
+    results = [None, None]
+
+    def run(i: int) -> None:
+        results[i] = fetch(
+            [remote("big.bin", data)], [mirror.url], tmp_path, progress=TransferProgress(streams[i])
+        )
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join(30)
+    assert sorted(map(tuple, results)) == [(), ("big.bin",)]
+    assert mirror.requests == [("/big.bin", None)]
+    assert (tmp_path / "big.bin").read_bytes() == data
+    assert sorted(os.listdir(tmp_path)) == ["big.bin"]
+    waited = streams[results.index([])].getvalue()
+    assert f"waiting for another download into {tmp_path} to finish" in waited
 
 
 @pytest.mark.parametrize("value", ["0", "soon", "-1"])

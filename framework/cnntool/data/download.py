@@ -8,6 +8,10 @@ same mirror or the next one, in this run or the next; a server that ignores the 
 the whole file again. Nothing is created before a mirror answers, so an offline machine is
 left as it was.
 
+Processes downloading into the same folder take turns: each holds an advisory lock (a file in
+the temporary folder named after the folder's path) while it fetches, and the one that waited
+finds the files already there and checked, instead of two appending to one `.part` file.
+
 Mirrors are tried in order. One that cannot be reached (no DNS, refused, timed out) is not
 asked again for the other files. Every socket operation has a short timeout
 (`CNNTOOL_DOWNLOAD_TIMEOUT` seconds, default 5), so an unreachable network fails in seconds.
@@ -15,16 +19,23 @@ asked again for the other files. Every socket operation has a short timeout
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent downloads are not coordinated
+    fcntl = None
 
 from cnntool import __version__
 from cnntool.errors import DataError
@@ -104,16 +115,43 @@ def fetch(
     progress = progress or TransferProgress()
     unreachable: dict[str, str] = {}
     fetched = []
-    for remote in files:
-        target = folder / remote.name
-        if target.is_file():
-            if remote.accepts(sha256_of(target)):
-                continue
-            progress.note(f"{target}: sha256 does not match the published one; fetching it again")
-            target.unlink()
-        _fetch_one(remote, mirrors, target, timeout, progress, unreachable)
-        fetched.append(remote.name)
+    with download_lock(folder, progress):
+        for remote in files:
+            target = folder / remote.name
+            if target.is_file():
+                if remote.accepts(sha256_of(target)):
+                    continue
+                progress.note(f"{target}: sha256 does not match the published one; fetching it again")
+                target.unlink()
+            _fetch_one(remote, mirrors, target, timeout, progress, unreachable)
+            fetched.append(remote.name)
     return fetched
+
+
+@contextlib.contextmanager
+def download_lock(folder: Path, progress: TransferProgress):
+    """Hold the lock on downloads into `folder` (waiting, with a note, while another process
+    or thread holds it). The lock file lives in the temporary folder, so nothing is created
+    in `folder` before a mirror answers."""
+    if fcntl is None:
+        yield
+        return
+    key = hashlib.sha256(os.path.abspath(folder).encode()).hexdigest()[:16]
+    lock_path = Path(tempfile.gettempdir()) / f"cnntool-download-{key}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError:  # no usable temporary folder: download without coordination
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress.note(f"waiting for another download into {folder} to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _fetch_one(
