@@ -7,10 +7,12 @@ import cnntool
 from cnntool.errors import CnntoolError
 
 SPEC = {"input_shape": [1, 3, 3], "layers": [{"type": "flatten"}, {"type": "dense", "units": 2}]}
+# 81,940 parameters: past AXPY_MIN_SIZE, so plain SGD's update goes through BLAS saxpy.
+LARGE_SPEC = {"input_shape": [1, 64, 64], "layers": [{"type": "flatten"}, {"type": "dense", "units": 20}]}
 
 
-def run_steps(optimizer_factory, steps, rng):
-    net = cnntool.Network.from_spec(SPEC, seed=0)
+def run_steps(optimizer_factory, steps, rng, spec=SPEC):
+    net = cnntool.Network.from_spec(spec, seed=0)
     opt = optimizer_factory(net)
     start = {k: v.astype(np.float64) for k, v in net.params().items()}
     grads = [{k: rng.standard_normal(v.shape) for k, v in start.items()} for _ in range(steps)]
@@ -49,6 +51,19 @@ def test_sgd_matches_definition(rng, momentum, dampening, weight_decay, nesterov
                 g = g + momentum * buf if nesterov else buf
             p = p - lr * g
         np.testing.assert_allclose(final[key], p, rtol=1e-5, atol=1e-6)
+
+
+def test_plain_sgd_on_many_parameters_matches_definition(rng):
+    from cnntool.kernels.optim import AXPY_MIN_SIZE
+
+    lr = 0.05
+    start, grads, final = run_steps(lambda net: cnntool.optim.SGD(net, lr=lr), 3, rng, LARGE_SPEC)
+    assert sum(p.size for p in start.values()) >= AXPY_MIN_SIZE
+    for key, p in start.items():
+        expected = p.astype(np.float32)
+        for step in grads:
+            expected = expected - np.float32(lr) * step[key].astype(np.float32)
+        np.testing.assert_allclose(final[key], expected, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("kind,weight_decay", [("adam", 0.0), ("adam", 0.1), ("adamw", 0.1)])

@@ -20,9 +20,11 @@ with blas_loading():
 
 llvm.add_symbol("cnntool_sgemm", get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
 llvm.add_symbol("cnntool_sgemv", get_cython_function_address("scipy.linalg.cython_blas", "sgemv"))
+llvm.add_symbol("cnntool_saxpy", get_cython_function_address("scipy.linalg.cython_blas", "saxpy"))
 _pointer = types.voidptr
 _sgemm = types.ExternalFunction("cnntool_sgemm", types.void(*([_pointer] * 13)))
 _sgemv = types.ExternalFunction("cnntool_sgemv", types.void(*([_pointer] * 11)))
+_saxpy = types.ExternalFunction("cnntool_saxpy", types.void(*([_pointer] * 6)))
 
 # numpy integers, not Python ints: numba compiles a function once per argument type, but
 # once per value for plain constants, which would triple the helpers' compile time.
@@ -100,6 +102,18 @@ def vector_product(trans_a, trans_b, n, k, alpha, a, lda, b, ldb, beta, c):
         flag.ctypes, sizes[0:].ctypes, sizes[1:].ctypes, scalars[0:].ctypes, b.ctypes, sizes[2:].ctypes,
         a.ctypes, sizes[3:].ctypes, scalars[1:].ctypes, c.ctypes, sizes[4:].ctypes,
     )  # fmt: skip
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def axpy(alpha, x, y):
+    """y += alpha * x over two contiguous 1-D float32 arrays of one size, through saxpy: for
+    long arrays, where the BLAS threads share the memory traffic (a loop here runs on one)."""
+    sizes = np.empty(2, np.int32)
+    sizes[0] = x.size
+    sizes[1] = 1
+    scalar = np.empty(1, np.float32)
+    scalar[0] = alpha
+    _saxpy(sizes[0:].ctypes, scalar.ctypes, x.ctypes, sizes[1:].ctypes, y.ctypes, sizes[1:].ctypes)
 
 
 @njit(cache=True, nogil=True, fastmath=True)
