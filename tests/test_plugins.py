@@ -309,6 +309,8 @@ def test_disable_plugins_loads_only_builtins(sites, extras_bundle):
     infer = cnntool_run("infer", extras_bundle[0], DIGITS / "digit_7.png", sites=both, env=disabled)
     assert infer.returncode == 1
     assert "layer type 'leaky_relu' is not installed; it was provided by cnntool-extras 0.1.0" in infer.stderr
+    disabled_hint = "; plugins are disabled (CNNTOOL_DISABLE_PLUGINS is set); unset it to load installed ones"
+    assert disabled_hint in infer.stderr
     check = cnntool_run("plugin", "check", "cnntool-extras", sites=both, env=disabled)
     assert (check.returncode, check.stderr) == (
         1,

@@ -545,6 +545,12 @@ def missing_layer_types(spec: dict, providers: dict, registry: Any) -> list[str]
             problems.append(
                 f"layer type {name!r} is not installed and the bundle does not say which plugin provides it"
             )
+    if problems and not getattr(registry, "load_plugins", True):
+        from cnntool.registry import DISABLE_PLUGINS_ENV
+
+        problems.append(
+            f"plugins are disabled ({DISABLE_PLUGINS_ENV} is set); unset it to load installed ones"
+        )
     return problems
 
 
