@@ -20,6 +20,10 @@ CONV_CASES = [
     (3, 3, 5, 3, 2, True, 11, 10),
     # Large enough that conv2d rebuilds each image's columns in backward instead of keeping them.
     (16, 4, 3, 1, 1, True, 30, 30),
+    # Large 3x3 stride-1 layers: a batch's forward pass goes by Winograd (odd output sizes
+    # leave half tiles at the bottom or right).
+    (16, 32, 3, 1, 0, True, 19, 20),
+    (32, 16, 3, 1, "same", False, 16, 15),
 ]
 
 
@@ -27,6 +31,29 @@ def test_large_convolutions_rebuild_their_columns():
     small = make_layer({"type": "conv2d", "filters": 4, "kernel_size": 3}, (8, 13, 13))
     large = make_layer({"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": 1}, (16, 30, 30))
     assert small.keep_columns and not large.keep_columns
+
+
+def test_large_3x3_convolutions_use_winograd():
+    small = make_layer({"type": "conv2d", "filters": 16, "kernel_size": 3}, (8, 13, 13))
+    large = make_layer({"type": "conv2d", "filters": 64, "kernel_size": 3}, (32, 26, 26))
+    strided = make_layer({"type": "conv2d", "filters": 64, "kernel_size": 3, "stride": 2}, (32, 26, 26))
+    five = make_layer({"type": "conv2d", "filters": 64, "kernel_size": 5}, (32, 26, 26))
+    assert large.winograd and not (small.winograd or strided.winograd or five.winograd)
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_winograd_batch_agrees_with_the_single_image_product(rng, padding):
+    """A batch (Winograd) and the same images one at a time (the wide im2col product) give
+    the same outputs up to float32 rounding."""
+    layer = make_layer({"type": "conv2d", "filters": 32, "kernel_size": 3, "padding": padding}, (16, 21, 18))
+    assert layer.winograd
+    layer.params["bias"][:] = rng.standard_normal(32)
+    x = rng.standard_normal((4, 16, 21, 18)).astype(np.float32)
+    batch = layer.forward(x).copy()
+    singles = np.concatenate([layer.forward(x[i : i + 1]).copy() for i in range(4)])
+    np.testing.assert_allclose(batch, singles, rtol=1e-5, atol=2e-5)
+    expected = reference.conv2d(x, layer.params["weight"], layer.params["bias"], (1, 1), conv_pads(layer))
+    np.testing.assert_allclose(batch, expected, **F32)
 
 
 def conv_pads(layer):

@@ -34,6 +34,17 @@ SPECS = {
             {"type": "softmax"},
         ],
     },
+    # A convolution large enough for Winograd in batches, with its ReLU fused in.
+    "winograd": {
+        "input_shape": [16, 20, 19],
+        "layers": [
+            {"type": "conv2d", "filters": 32, "kernel_size": 3, "padding": 1},
+            {"type": "relu"},
+            {"type": "maxpool2d", "pool_size": 2},
+            {"type": "flatten"},
+            {"type": "dense", "units": 5},
+        ],
+    },
 }
 
 

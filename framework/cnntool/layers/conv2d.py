@@ -14,6 +14,7 @@ from cnntool.kernels.conv import (
     conv2d_forward_wide,
     conv2d_relu_pool_wide,
 )
+from cnntool.kernels.winograd import conv2d_forward_3x3, plane_shape
 from cnntool.layers.base import (
     GRAD_OUT,
     INITIALIZERS,
@@ -114,13 +115,14 @@ class Conv2D(Layer):
         return np.zeros(shape, np.float32)
 
     # Stride 1 uses the wide im2col (contiguous copies, see kernels/conv.py); other strides
-    # use the classic im2col.
-
-    # Stride 1 uses the wide im2col (contiguous copies, see kernels/conv.py); other strides
     # use the classic im2col. Either way an image's columns are kept from forward to
     # backward when they are small (they are then still in cache); a large layer's are
     # rebuilt in backward instead of holding them for the whole batch.
     KEEP_COLUMNS_BYTES = 64 * 1024
+    # A 3x3 stride-1 layer with at least this many (input channel, filter) pairs computes the
+    # forward pass of a batch by Winograd's F(2x2, 3x3) (kernels/winograd.py): 2.25x fewer
+    # multiplications, which pays once the matrix products dominate the transforms.
+    WINOGRAD_MIN_PAIRS = 512
 
     @property
     def fuses_relu(self) -> bool:
@@ -130,6 +132,21 @@ class Conv2D(Layer):
     @property
     def wide(self) -> bool:
         return pair(self.config.stride) == (1, 1)
+
+    @property
+    def winograd(self) -> bool:
+        return (
+            self.wide
+            and pair(self.config.kernel_size) == (3, 3)
+            and not self.keep_columns
+            and self.input_shape[0] * self.config.filters >= self.WINOGRAD_MIN_PAIRS
+        )
+
+    @property
+    def tiles(self) -> tuple[int, int]:
+        """Winograd's 2x2 output tiles down and across."""
+        _, oh, ow = self.output_shape
+        return (oh + 1) // 2, (ow + 1) // 2
 
     @property
     def rows(self) -> int:
@@ -172,6 +189,13 @@ class Conv2D(Layer):
             }
             if not self.keep_columns:
                 arrays["cols"] = Array((1, self.rows, self.span))
+            if self.winograd:
+                channels, filters = self.input_shape[0], self.config.filters
+                th, tw = self.tiles
+                arrays["wino_u"] = Array(plane_shape(filters, channels))
+                arrays["wino_padded"] = Array((channels, 2 * th + 2, 2 * tw + 2))
+                arrays["wino_v"] = Array(plane_shape(channels, th * tw))
+                arrays["wino_m"] = Array(plane_shape(filters, th * tw))
         else:
             arrays = {"grad_cols": Array((self.rows, oh * ow)), "weight_step": Array((filters, self.rows))}
         if not self.config.use_bias:
@@ -184,6 +208,12 @@ class Conv2D(Layer):
         sh, sw = pair(self.config.stride)
         top, left, _, _ = self.padding(self.input_shape)
         bias = param("bias") if self.config.use_bias else scratch("no_bias")
+        if self.winograd:
+            out = relu_into if relu_into is not None else buf("out")
+            args = (X, param("weight"), bias, self.config.use_bias, relu_into is not None, top, left,
+                    scratch("padded"), scratch("cols"), scratch("full"), scratch("wino_u"),
+                    scratch("wino_padded"), scratch("wino_v"), scratch("wino_m"), out)  # fmt: skip
+            return [(conv2d_forward_3x3, args)]
         if self.wide:
             columns = buf("cols") if self.keep_columns else scratch("cols")
             out = relu_into if relu_into is not None else buf("out")
