@@ -63,23 +63,21 @@ def transform_weights(weight, u):
         a10, a11, a12 = half * (g00 + g10 + g20), half * (g01 + g11 + g21), half * (g02 + g12 + g22)
         a20, a21, a22 = half * (g00 - g10 + g20), half * (g01 - g11 + g21), half * (g02 - g12 + g22)
         a30, a31, a32 = g20, g21, g22
-        # (G g) G^T: each row (a, b, c) becomes (a, (a+b+c)/2, (a-b+c)/2, c)
-        u[0, r] = a00
-        u[1, r] = half * (a00 + a01 + a02)
-        u[2, r] = half * (a00 - a01 + a02)
-        u[3, r] = a02
-        u[4, r] = a10
-        u[5, r] = half * (a10 + a11 + a12)
-        u[6, r] = half * (a10 - a11 + a12)
-        u[7, r] = a12
-        u[8, r] = a20
-        u[9, r] = half * (a20 + a21 + a22)
-        u[10, r] = half * (a20 - a21 + a22)
-        u[11, r] = a22
-        u[12, r] = a30
-        u[13, r] = half * (a30 + a31 + a32)
-        u[14, r] = half * (a30 - a31 + a32)
-        u[15, r] = a32
+        # (G g) G^T, row by row
+        put_row(u, 0, r, a00, a01, a02)
+        put_row(u, 4, r, a10, a11, a12)
+        put_row(u, 8, r, a20, a21, a22)
+        put_row(u, 12, r, a30, a31, a32)
+
+
+@njit(cache=True, fastmath=True, nogil=True, inline="always")
+def put_row(u, k, r, a, b, c):
+    """u[k : k + 4, r] = the row (a, b, c) times G^T: (a, (a+b+c)/2, (a-b+c)/2, c)."""
+    half = np.float32(0.5)
+    u[k, r] = a
+    u[k + 1, r] = half * (a + b + c)
+    u[k + 2, r] = half * (a - b + c)
+    u[k + 3, r] = c
 
 
 @njit(cache=True, fastmath=True, nogil=True)
