@@ -96,29 +96,29 @@ def transform_input(padded, tiles_h, tiles_w, v):
                 b0, b1, b2, b3 = r1[x], r1[x + 1], r1[x + 2], r1[x + 3]
                 c0, c1, c2, c3 = r2[x], r2[x + 1], r2[x + 2], r2[x + 3]
                 e0, e1, e2, e3 = r3[x], r3[x + 1], r3[x + 2], r3[x + 3]
-                # B^T d, column by column: (d0 - d2, d1 + d2, d2 - d1, d1 - d3) of the rows
-                t00, t01, t02, t03 = a0 - c0, a1 - c1, a2 - c2, a3 - c3
-                t10, t11, t12, t13 = b0 + c0, b1 + c1, b2 + c2, b3 + c3
-                t20, t21, t22, t23 = c0 - b0, c1 - b1, c2 - b2, c3 - b3
-                t30, t31, t32, t33 = b0 - e0, b1 - e1, b2 - e2, b3 - e3
-                # (B^T d) B, row by row, the same combinations
+                # B^T d, one column at a time
+                t00, t10, t20, t30 = times_bt(a0, b0, c0, e0)
+                t01, t11, t21, t31 = times_bt(a1, b1, c1, e1)
+                t02, t12, t22, t32 = times_bt(a2, b2, c2, e2)
+                t03, t13, t23, t33 = times_bt(a3, b3, c3, e3)
+                # (B^T d) B, one row at a time
                 t = base + tx
-                v[0, t] = t00 - t02
-                v[1, t] = t01 + t02
-                v[2, t] = t02 - t01
-                v[3, t] = t01 - t03
-                v[4, t] = t10 - t12
-                v[5, t] = t11 + t12
-                v[6, t] = t12 - t11
-                v[7, t] = t11 - t13
-                v[8, t] = t20 - t22
-                v[9, t] = t21 + t22
-                v[10, t] = t22 - t21
-                v[11, t] = t21 - t23
-                v[12, t] = t30 - t32
-                v[13, t] = t31 + t32
-                v[14, t] = t32 - t31
-                v[15, t] = t31 - t33
+                put_tile_row(v, 0, t, t00, t01, t02, t03)
+                put_tile_row(v, 4, t, t10, t11, t12, t13)
+                put_tile_row(v, 8, t, t20, t21, t22, t23)
+                put_tile_row(v, 12, t, t30, t31, t32, t33)
+
+
+@njit(cache=True, fastmath=True, nogil=True, inline="always")
+def times_bt(d0, d1, d2, d3):
+    """B^T (d0, d1, d2, d3) = (d0 - d2, d1 + d2, d2 - d1, d1 - d3)."""
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+@njit(cache=True, fastmath=True, nogil=True, inline="always")
+def put_tile_row(v, k, t, d0, d1, d2, d3):
+    """v[k : k + 4, t] = the row (d0, d1, d2, d3) times B."""
+    v[k, t], v[k + 1, t], v[k + 2, t], v[k + 3, t] = times_bt(d0, d1, d2, d3)
 
 
 @njit(cache=True, fastmath=True, nogil=True)
@@ -135,24 +135,28 @@ def transform_output(m, tiles_h, tiles_w, bias, use_bias, relu, out):
             y = 2 * ty
             for tx in range(tiles_w):
                 t = o * tiles + ty * tiles_w + tx
-                # A^T m: row 0 = m0 + m1 + m2, row 1 = m1 - m2 - m3 (rows of the 4x4 m)
-                s00 = m[0, t] + m[4, t] + m[8, t]
-                s01 = m[1, t] + m[5, t] + m[9, t]
-                s02 = m[2, t] + m[6, t] + m[10, t]
-                s03 = m[3, t] + m[7, t] + m[11, t]
-                s10 = m[4, t] - m[8, t] - m[12, t]
-                s11 = m[5, t] - m[9, t] - m[13, t]
-                s12 = m[6, t] - m[10, t] - m[14, t]
-                s13 = m[7, t] - m[11, t] - m[15, t]
-                # (A^T m) A: column 0 = s0 + s1 + s2, column 1 = s1 - s2 - s3
+                # A^T m, one column at a time
+                s00, s10 = times_at(m[0, t], m[4, t], m[8, t], m[12, t])
+                s01, s11 = times_at(m[1, t], m[5, t], m[9, t], m[13, t])
+                s02, s12 = times_at(m[2, t], m[6, t], m[10, t], m[14, t])
+                s03, s13 = times_at(m[3, t], m[7, t], m[11, t], m[15, t])
+                # (A^T m) A, one row at a time
+                y00, y01 = times_at(s00, s01, s02, s03)
+                y10, y11 = times_at(s10, s11, s12, s13)
                 x = 2 * tx
-                target[y, x] = max(s00 + s01 + s02 + b, floor)
+                target[y, x] = max(y00 + b, floor)
                 if x + 1 < width:
-                    target[y, x + 1] = max(s01 - s02 - s03 + b, floor)
+                    target[y, x + 1] = max(y01 + b, floor)
                 if y + 1 < height:
-                    target[y + 1, x] = max(s10 + s11 + s12 + b, floor)
+                    target[y + 1, x] = max(y10 + b, floor)
                     if x + 1 < width:
-                        target[y + 1, x + 1] = max(s11 - s12 - s13 + b, floor)
+                        target[y + 1, x + 1] = max(y11 + b, floor)
+
+
+@njit(cache=True, fastmath=True, nogil=True, inline="always")
+def times_at(m0, m1, m2, m3):
+    """A^T (m0, m1, m2, m3) = (m0 + m1 + m2, m1 - m2 - m3)."""
+    return m0 + m1 + m2, m1 - m2 - m3
 
 
 @njit(cache=True, fastmath=True, nogil=True)
