@@ -4,6 +4,9 @@ Messages follow one shape: what is wrong, where (file, layer, key or plugin), wh
 expected and what was found, and when there is one, the fix.
 """
 
+import os
+from pathlib import Path
+
 
 class CnntoolError(Exception):
     """Base class of every error a user can cause (bad spec, bundle, data, input, plugin)."""
@@ -29,12 +32,9 @@ class InputError(CnntoolError):
     """An input for inference (image, array, request) is unreadable or has the wrong shape."""
 
 
-def checked_path(source, error: type[CnntoolError]):
+def checked_path(source: str | os.PathLike, error: type[CnntoolError]) -> Path:
     """`source` as a `Path`. A NUL byte, which no file system accepts, raises `error` naming the
     path, instead of the ValueError that `os.stat` and `open` raise for it."""
-    import os
-    from pathlib import Path
-
     text = os.fspath(source)
     if "\x00" in text:
         raise error(f"{text!r}: a path cannot contain a NUL byte")

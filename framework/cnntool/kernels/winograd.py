@@ -54,30 +54,24 @@ def transform_weights(weight, u):
     """u[k, o*C + c] = (G g G^T)[k] for the 3x3 kernel g = weight[o, c]."""
     out_channels, channels = weight.shape[0], weight.shape[1]
     taps = weight.reshape((out_channels * channels, 9))
-    half = np.float32(0.5)
     for r in range(out_channels * channels):
         g = taps[r]
-        g00, g01, g02, g10, g11, g12, g20, g21, g22 = g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]
-        # rows of G g (4 x 3)
-        a00, a01, a02 = g00, g01, g02
-        a10, a11, a12 = half * (g00 + g10 + g20), half * (g01 + g11 + g21), half * (g02 + g12 + g22)
-        a20, a21, a22 = half * (g00 - g10 + g20), half * (g01 - g11 + g21), half * (g02 - g12 + g22)
-        a30, a31, a32 = g20, g21, g22
-        # (G g) G^T, row by row
-        put_row(u, 0, r, a00, a01, a02)
-        put_row(u, 4, r, a10, a11, a12)
-        put_row(u, 8, r, a20, a21, a22)
-        put_row(u, 12, r, a30, a31, a32)
+        # G g, one column at a time
+        a00, a10, a20, a30 = times_g(g[0], g[3], g[6])
+        a01, a11, a21, a31 = times_g(g[1], g[4], g[7])
+        a02, a12, a22, a32 = times_g(g[2], g[5], g[8])
+        # (G g) G^T, one row at a time
+        u[0, r], u[1, r], u[2, r], u[3, r] = times_g(a00, a01, a02)
+        u[4, r], u[5, r], u[6, r], u[7, r] = times_g(a10, a11, a12)
+        u[8, r], u[9, r], u[10, r], u[11, r] = times_g(a20, a21, a22)
+        u[12, r], u[13, r], u[14, r], u[15, r] = times_g(a30, a31, a32)
 
 
 @njit(cache=True, fastmath=True, nogil=True, inline="always")
-def put_row(u, k, r, a, b, c):
-    """u[k : k + 4, r] = the row (a, b, c) times G^T: (a, (a+b+c)/2, (a-b+c)/2, c)."""
+def times_g(g0, g1, g2):
+    """G (g0, g1, g2) = (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2)."""
     half = np.float32(0.5)
-    u[k, r] = a
-    u[k + 1, r] = half * (a + b + c)
-    u[k + 2, r] = half * (a - b + c)
-    u[k + 3, r] = c
+    return g0, half * (g0 + g1 + g2), half * (g0 - g1 + g2), g2
 
 
 @njit(cache=True, fastmath=True, nogil=True)
