@@ -32,7 +32,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -123,17 +123,42 @@ class Generator:
         self.kernels: dict[Any, str] = {}
         self.signatures: dict[str, tuple[str, ...]] = {}
         self.lines: list[str] = []
+        # Every identifier in the generated code is a prefix and a number: names come from
+        # users (layer names) and plugins (buffer names), and a mapping of them to
+        # identifiers could make two of them one (`conv-a` and `conv_a`) or clash with
+        # Python or the generator. The module's text holds no name at all, so networks that
+        # differ only in names share one compiled module.
+        self.arrays: dict[tuple[str, Any, str], str] = {}
+        for kind, offsets in (("param", net.param_offsets), ("grad", net.param_offsets),
+                              ("state", net.state_offsets)):  # fmt: skip
+            for key in offsets:
+                self.number(kind, None, key)
         for index, layer in enumerate(net.layers):
             for name, array in layer.buffers().items():
-                self.layout.add(f"L{index}_{name}", array, per_example=True)
+                self.layout.add(self.number("buf", index, name), array, per_example=True)
             for name, array in layer.scratch_arrays().items():
-                self.layout.add(f"T{index}_{name}", array, per_example=False)
+                self.layout.add(self.number("scratch", index, name), array, per_example=False)
         classes = net.output_shape[0]
         self.layout.add("grad_logits", Array((classes,)), per_example=True)
 
+    PREFIXES: ClassVar[dict[str, str]] = {"param": "P", "grad": "G", "state": "S", "buf": "B", "scratch": "T"}
+
+    def number(self, kind: str, index: int | None, name: str) -> str:
+        """The identifier of one array: its kind's prefix and its position among that kind."""
+        key = (kind, index, name)
+        if key not in self.arrays:
+            count = sum(1 for other in self.arrays if other[0] == kind)
+            self.arrays[key] = f"{self.PREFIXES[kind]}{count}"
+        return self.arrays[key]
+
+    def array(self, kind: str, index: int | None, name: str) -> str:
+        """The identifier of an array numbered in __init__ (a KeyError is a layer naming an
+        array it does not declare)."""
+        return self.arrays[(kind, index, name)]
+
     def kernel(self, function: Any) -> str:
         if function not in self.kernels:
-            self.kernels[function] = f"k{len(self.kernels)}_{function.__name__}"
+            self.kernels[function] = f"k{len(self.kernels)}"
         return self.kernels[function]
 
     def ref(self, index: int, ref: Ref, x: str, grad_out: str) -> str:
@@ -144,19 +169,14 @@ class Generator:
         if ref.kind == "grad_out":
             return grad_out
         if ref.kind in ("param", "grad", "state"):
-            return self.flat_view(ref.kind, f"{layer.name}.{ref.name}")
-        if ref.kind == "buf":
-            return f"L{index}_{ref.name}"
-        if ref.kind == "scratch":
-            return f"T{index}_{ref.name}"
+            return self.array(ref.kind, None, f"{layer.name}.{ref.name}")
+        if ref.kind in ("buf", "scratch"):
+            return self.array(ref.kind, index, ref.name)
         if ref.kind in ("random", "offset"):  # arguments of every plan function (see RANDOM)
             return ref.kind
         if ref.kind == "next_buf":  # a following layer's buffer, for fused kernels
-            return f"L{index + ref.step}_{ref.name}"
+            return self.array("buf", index + ref.step, ref.name)
         raise ValueError(f"unknown reference {ref}")
-
-    def flat_view(self, kind: str, key: str) -> str:
-        return f"{kind[0].upper()}_{key.replace('.', '__').replace('-', '_')}"
 
     def emit_calls(self, index: int, calls: list, x: str, grad_out: str, indent: str) -> list[str]:
         lines = []
@@ -180,7 +200,8 @@ class Generator:
         pooled = -1  # index of the pool computed by a conv2d -> relu -> pool kernel
         for index, layer in enumerate(self.net.layers[:stop]):
             inputs.append(current)
-            lines.append(f"{indent}# {index}: {layer.name} ({layer.config.type}) -> {layer.output_shape}")
+            kind = comment_text(layer.config.type)
+            lines.append(f"{indent}# layer {index} ({kind}) -> {layer.output_shape}")
             if layer.view:
                 lines.append(f"{indent}V{index} = {current}.reshape((n, {shape_text(layer.output_shape)}))")
                 current = f"V{index}"
@@ -237,7 +258,7 @@ class Generator:
         current = grad
         for index in reversed(range(stop)):
             layer = self.net.layers[index]
-            lines.append(f"{indent}# {index}: {layer.name} backward")
+            lines.append(f"{indent}# layer {index} ({comment_text(layer.config.type)}) backward")
             if layer.view:
                 lines.append(f"{indent}GV{index} = {current}.reshape((n, {shape_text(layer.input_shape)}))")
                 current = f"GV{index}"
@@ -264,7 +285,7 @@ class Generator:
             for key, (offset, shape) in offsets.items():
                 size = math.prod(shape)
                 lines.append(
-                    f"{indent}{self.flat_view(kind, key)} = {pool}[{offset}:{offset + size}]"
+                    f"{indent}{self.array(kind, None, key)} = {pool}[{offset}:{offset + size}]"
                     f".reshape(({shape_text(shape)}))"
                 )
         for name, slot in self.layout.slots.items():
@@ -348,7 +369,7 @@ class Generator:
             f"from {fn.__module__} import {fn.__name__} as {alias}" for fn, alias in self.kernels.items()
         ]
         header = [
-            f'"""Generated by cnntool.plan for network {net.name!r}; do not edit."""',
+            f'"""Generated by cnntool.plan for a network of {len(net.layers)} layers; do not edit."""',
             "",
             # numba does not notice when a kernel this module calls changes: a new digest of
             # the kernels' sources gives the module a new name, hence a fresh compile.
@@ -411,6 +432,12 @@ def literal(value: Any) -> str:
     if isinstance(value, (float, np.floating)):
         return f"np.float64({float(value)!r})"
     raise TypeError(f"kernel arguments must be arrays or numbers, received {type(value).__name__}")
+
+
+def comment_text(text: str) -> str:
+    """Text for a comment of the generated code: plain words as they are, anything else
+    (a newline, say, from a plugin's type name) escaped."""
+    return text if re.fullmatch(r"[A-Za-z0-9_\-]+", text) else ascii(text)
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
