@@ -51,7 +51,7 @@ def test_given_names_are_kept_and_must_be_unique():
         spec_with({**CONV, "name": "stem"}, {"type": "flatten"}, {"type": "dense", "units": 2})
     )
     assert spec.layers[0].name == "stem"
-    with pytest.raises(SpecError, match=r"layer 1 \(conv2d\): name 'a' is used by an earlier layer"):
+    with pytest.raises(SpecError, match=r"layer 1 \(conv2d\): name 'a' is already the name of layer 0"):
         validate_spec(spec_with({**CONV, "name": "a"}, {**CONV, "name": "a"}, {"type": "flatten"}))
 
 

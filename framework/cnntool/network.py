@@ -1,5 +1,10 @@
 """A network is a list of layers: forward runs them in order, backward in reverse.
 
+Each layer reads the layers named in its spec's `inputs` (by default the one before it), so
+the list may describe a graph: residual shortcuts, branches joined by `add` or `concat`.
+The order is one in which every layer comes after those it reads; backward sums the
+gradients of an output that several layers read.
+
 The last layer's output is the logits. When the spec ends with a `softmax` layer, that layer
 is the classifier head: `forward` returns probabilities, and training computes the loss from
 the logits that feed it (see `Network.head`).
@@ -63,9 +68,8 @@ class Network:
     def build(cls, spec: Any, rng: np.random.Generator | None, registry: Any = None) -> Network:
         """Build a validated spec; `rng=None` leaves parameters zero (to be loaded)."""
         layers = plan_layers(spec, registry)
-        shape: Shape = tuple(spec.input_shape)
         for layer in layers:
-            shape = layer.build(shape, rng)
+            layer.build(layer.input_shape, rng)
         return cls(spec, layers)
 
     # --- description -----------------------------------------------------------------------
@@ -164,19 +168,31 @@ class Network:
     def run_forward(self, x: np.ndarray, *, training: bool = False, stop: int | None = None) -> np.ndarray:
         """Forward through layers[:stop], layer by layer, without checks or copies; the
         result is a buffer that the next call overwrites."""
-        for layer in self.layers[:stop]:
-            x = layer.forward(x, training=training)
-        return x
+        outputs = {-1: x}
+        layers = self.layers[:stop]
+        for index, layer in enumerate(layers):
+            inputs = [outputs[source] for source in layer.sources]
+            outputs[index] = layer.forward(inputs if layer.multi_input else inputs[0], training=training)
+        return outputs[len(layers) - 1]
 
     def run_backward(
         self, grad: np.ndarray, *, need_input_grad: bool, start: int | None = None
     ) -> np.ndarray:
-        """Backward through layers[:start] in reverse, layer by layer, without checks or copies."""
+        """Backward through layers[:start] in reverse, layer by layer, without checks or
+        copies; where several layers read one output, their gradients are summed."""
         layers = self.layers[:start]
-        layers[0].need_input_grad = need_input_grad
-        for layer in reversed(layers):
-            grad = layer.backward(grad)
-        return grad
+        grads: dict[int, np.ndarray] = {len(layers) - 1: grad}
+        for index in reversed(range(len(layers))):
+            layer = layers[index]
+            layer.need_input_grad = need_input_grad or any(source >= 0 for source in layer.sources)
+            results = layer.backward(grads.pop(index))
+            if not layer.need_input_grad:
+                continue
+            for source, result in zip(
+                layer.sources, results if layer.multi_input else [results], strict=True
+            ):
+                grads[source] = grads[source] + result if source in grads else result
+        return grads.get(-1)  # type: ignore[return-value]
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """A C-contiguous float32 (N, C, H, W) batch matching the input shape, or InputError."""

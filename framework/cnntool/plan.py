@@ -141,7 +141,9 @@ class Generator:
         classes = net.output_shape[0]
         self.layout.add("grad_logits", Array((classes,)), per_example=True)
 
-    PREFIXES: ClassVar[dict[str, str]] = {"param": "P", "grad": "G", "state": "S", "buf": "B", "scratch": "T"}
+    PREFIXES: ClassVar[dict[str, str]] = {
+        "param": "P", "grad": "G", "state": "S", "buf": "B", "scratch": "T", "sum": "A"
+    }  # fmt: skip
 
     def number(self, kind: str, index: int | None, name: str) -> str:
         """The identifier of one array: its kind's prefix and its position among that kind."""
@@ -161,11 +163,12 @@ class Generator:
             self.kernels[function] = f"k{len(self.kernels)}"
         return self.kernels[function]
 
-    def ref(self, index: int, ref: Ref, x: str, grad_out: str) -> str:
-        """The variable standing for a reference made by layer `index`."""
+    def ref(self, index: int, ref: Ref, x: list[str], grad_out: str) -> str:
+        """The variable standing for a reference made by layer `index`, whose inputs are
+        the variables `x` and whose incoming gradient is `grad_out`."""
         layer = self.net.layers[index]
         if ref.kind == "x":
-            return x
+            return x[int(ref.name) if ref.name else 0]
         if ref.kind == "grad_out":
             return grad_out
         if ref.kind in ("param", "grad", "state"):
@@ -178,7 +181,7 @@ class Generator:
             return self.array("buf", index + ref.step, ref.name)
         raise ValueError(f"unknown reference {ref}")
 
-    def emit_calls(self, index: int, calls: list, x: str, grad_out: str, indent: str) -> list[str]:
+    def emit_calls(self, index: int, calls: list, x: list[str], grad_out: str, indent: str) -> list[str]:
         lines = []
         for function, args in calls:
             text = ", ".join(
@@ -187,93 +190,121 @@ class Generator:
             lines.append(f"{indent}{self.kernel(function)}({text})")
         return lines
 
+    def readers(self, index: int, stop: int) -> list[int]:
+        """The layers among layers[:stop] that read layer `index`'s output."""
+        return [k for k in range(index + 1, stop) if index in self.net.layers[k].sources]
+
     def forward_lines(
         self, stop: int, training: bool, indent: str, compute: bool = True, inference_only: bool = False
-    ) -> tuple[list[str], list[str]]:
+    ) -> tuple[list[str], list[list[str]], list[str]]:
         """Lines running layers[:stop] forward (only naming the views when not `compute`);
-        also returns each layer's input variable and, last, the output variable. With
+        also returns the variables each layer reads and the one it writes. With
         `inference_only` (no backward pass follows) conv2d -> relu -> 2x2 max-pool runs as
         one kernel that keeps nothing for a backward pass."""
         lines: list[str] = []
-        inputs = []
-        current = "x"
+        inputs: list[list[str]] = []
+        outputs: list[str] = []
         pooled = -1  # index of the pool computed by a conv2d -> relu -> pool kernel
         for index, layer in enumerate(self.net.layers[:stop]):
-            inputs.append(current)
+            reads = [outputs[s] if s >= 0 else "x" for s in layer.sources]
+            inputs.append(reads)
             kind = comment_text(layer.config.type)
             lines.append(f"{indent}# layer {index} ({kind}) -> {layer.output_shape}")
             if layer.view:
-                lines.append(f"{indent}V{index} = {current}.reshape((n, {shape_text(layer.output_shape)}))")
-                current = f"V{index}"
+                lines.append(f"{indent}V{index} = {reads[0]}.reshape((n, {shape_text(layer.output_shape)}))")
+                outputs.append(f"V{index}")
                 continue
+            outputs.append(self.ref(index, layer.forward_result, reads, ""))
             if index <= pooled:
                 lines[-1] += " (computed by an earlier layer's kernel)"
-                current = self.ref(index, layer.forward_result, current, "")
                 continue
             if inference_only and self.fused_pool(index, stop):
                 pooled = index + 2
                 calls = layer.relu_pool_calls(Ref("next_buf", "out", 2))
-                if compute:
-                    lines += self.emit_calls(index, calls, current, "", indent)
-                continue
-            if self.fused(index - 1, stop):  # the layer before computed this ReLU already
+            elif self.fused(index - 1, stop):  # the layer before computed this ReLU already
                 lines[-1] += " (applied by the layer before)"
-                current = self.ref(index, layer.forward_result, current, "")
                 continue
-            if self.fused(index, stop):
+            elif self.fused(index, stop):
                 calls = layer.forward_calls(training, relu_into=NEXT_OUT)
             else:
                 calls = layer.forward_calls(training)
             if compute:
-                lines += self.emit_calls(index, calls, current, "", indent)
-            current = self.ref(index, layer.forward_result, current, "")
-        return lines, [*inputs, current]
-
-    def fused_pool(self, index: int, stop: int) -> bool:
-        """Whether layers index, index+1, index+2 are a conv2d able to fuse, a relu and a 2x2
-        max-pool of stride 2, all inside layers[:stop]."""
-        layers = self.net.layers
-        return (
-            0 <= index < stop - 2
-            and getattr(layers[index], "fuses_relu", False)
-            and hasattr(layers[index], "relu_pool_calls")
-            and isinstance(layers[index + 1], ReLU)
-            and type(layers[index + 2]) is MaxPool2D
-            and layers[index + 2].window == (2, 2, 2, 2)
-        )
+                lines += self.emit_calls(index, calls, reads, "", indent)
+        return lines, inputs, outputs
 
     def fused(self, index: int, stop: int) -> bool:
-        """Whether layer `index` computes the ReLU layer after it too (both inside layers[:stop])."""
+        """Whether layer `index` computes the ReLU layer after it too: a layer able to, read
+        only by that ReLU, which reads only it (all inside layers[:stop])."""
         layers = self.net.layers
         return (
             0 <= index < stop - 1
             and getattr(layers[index], "fuses_relu", False)
             and isinstance(layers[index + 1], ReLU)
+            and layers[index + 1].sources == (index,)
+            and self.readers(index, stop) == [index + 1]
         )
 
+    def fused_pool(self, index: int, stop: int) -> bool:
+        """Whether layers index, index+1, index+2 are a conv2d able to fuse, its ReLU and a 2x2
+        max-pool of stride 2 reading only that ReLU, all inside layers[:stop]."""
+        layers = self.net.layers
+        return (
+            self.fused(index, stop)
+            and index < stop - 2
+            and hasattr(layers[index], "relu_pool_calls")
+            and type(layers[index + 2]) is MaxPool2D
+            and layers[index + 2].window == (2, 2, 2, 2)
+            and layers[index + 2].sources == (index + 1,)
+            and self.readers(index + 1, stop) == [index + 2]
+        )
+
+    def gradient_sum(self, index: int, terms: list[str], indent: str, lines: list[str]) -> str:
+        """The variable holding dL/d(output of layer `index`, or of the network input for
+        -1): the one term, or the sum of the terms of every layer that reads it."""
+        if len(terms) == 1:
+            return terms[0]
+        from cnntool.kernels.merge import add_forward, add_into
+
+        total = self.number("sum", index, "")
+        if total not in self.layout.slots:
+            shape = self.net.input_shape if index < 0 else self.net.layers[index].output_shape
+            self.layout.add(total, Array(shape), per_example=True)
+        lines.append(f"{indent}{self.kernel(add_forward)}({terms[0]}, {terms[1]}, {total})")
+        lines += [f"{indent}{self.kernel(add_into)}({total}, {term})" for term in terms[2:]]
+        return total
+
     def backward_lines(
-        self, stop: int, inputs: list[str], grad: str, need_grad_x: bool, indent: str
-    ) -> list[str]:
+        self, stop: int, inputs: list[list[str]], grad: str, need_grad_x: bool, indent: str
+    ) -> tuple[list[str], str | None]:
+        """Lines running layers[:stop] backward from `grad`, the gradient of the last one's
+        output; also returns the variable holding dL/dx (None unless need_grad_x)."""
         lines: list[str] = []
-        current = grad
+        terms: dict[int, list[str]] = {stop - 1: [grad]}  # gradients reaching each output
         for index in reversed(range(stop)):
             layer = self.net.layers[index]
             lines.append(f"{indent}# layer {index} ({comment_text(layer.config.type)}) backward")
+            current = self.gradient_sum(index, terms.pop(index), indent, lines)
+            if self.fused(index - 1, stop):  # its gradient goes through the layer before's kernels
+                terms[index - 1] = [current]
+                continue
             if layer.view:
                 lines.append(f"{indent}GV{index} = {current}.reshape((n, {shape_text(layer.input_shape)}))")
-                current = f"GV{index}"
-                continue
-            if self.fused(index - 1, stop):  # its gradient goes through the layer before's kernels
-                continue
-            wanted = need_grad_x or index > 0
-            if self.fused(index, stop):
-                calls = layer.backward_calls(wanted, relu_output=NEXT_OUT)
+                results = [f"GV{index}"]
             else:
-                calls = layer.backward_calls(wanted)
-            lines += self.emit_calls(index, calls, inputs[index], current, indent)
-            if wanted:
-                current = self.ref(index, layer.backward_result, inputs[index], current)
-        return lines
+                wanted = need_grad_x or any(source >= 0 for source in layer.sources)
+                if self.fused(index, stop):
+                    calls = layer.backward_calls(wanted, relu_output=NEXT_OUT)
+                else:
+                    calls = layer.backward_calls(wanted)
+                lines += self.emit_calls(index, calls, inputs[index], current, indent)
+                if not wanted:
+                    continue
+                results = [self.ref(index, ref, inputs[index], current) for ref in layer.backward_results()]
+            for source, result in zip(layer.sources, results, strict=True):
+                terms.setdefault(source, []).append(result)
+        if not need_grad_x:
+            return lines, None
+        return lines, self.gradient_sum(-1, terms[-1], indent, lines)
 
     def views(self, indent: str) -> list[str]:
         lines = []
@@ -326,37 +357,38 @@ class Generator:
         loss = self.kernel(loss_kernel())
         body: list[str] = []
 
-        lines, outs = self.forward_lines(head, False, ind, inference_only=True)
+        lines, _, outs = self.forward_lines(head, False, ind, inference_only=True)
         body += self.function(
             "predict",
             "x, probs",
             ["Class probabilities of x (N, C, H, W) into probs (N, classes)."],
             [*lines, f"{ind}{self.kernel(softmax_forward())}({outs[-1]}, probs)"],
         )
-        train_lines, outs_train = self.forward_lines(len(net.layers), True, ind * 2)
-        infer_lines, outs_infer = self.forward_lines(len(net.layers), False, ind)
+        train_lines, _, outs_train = self.forward_lines(len(net.layers), True, ind * 2)
+        infer_lines, _, outs_infer = self.forward_lines(len(net.layers), False, ind)
         body += self.function(
             "forward", "x, training",
             ["The last layer's output for x, in training or inference mode."],
             [f"{ind}if training:", *train_lines, f"{ind * 2}return {outs_train[-1]}",
              *infer_lines, f"{ind}return {outs_infer[-1]}"],
         )  # fmt: skip
-        views, saved = self.forward_lines(len(net.layers), True, ind, compute=False)
+        views, saved, _ = self.forward_lines(len(net.layers), True, ind, compute=False)
+        backward, grad_x = self.backward_lines(len(net.layers), saved, "grad", True, ind)
         body += self.function(
             "backward", "grad, x",
             ["dL/dx from dL/d(output) after a forward in training mode; fills every", "parameter gradient."],
-            [*views, *self.backward_lines(len(net.layers), saved[:-1], "grad", True, ind),
-             f"{ind}return {self.final_grad(len(net.layers), 'grad')}"],
+            [*views, *backward, f"{ind}return {grad_x}"],
         )  # fmt: skip
-        lines, outs = self.forward_lines(head, True, ind)
+        lines, saved, outs = self.forward_lines(head, True, ind)
+        backward, _ = self.backward_lines(head, saved, "grad_logits", False, ind)
         body += self.function(
             "train_step", "x, labels, grad_scale",
             ["Forward, softmax cross-entropy from the logits, backward; returns the summed",
              "loss and the number of correct predictions. Gradients are scaled by grad_scale."],
             [*lines, f"{ind}loss, correct = {loss}({outs[-1]}, labels, grad_logits, grad_scale)",
-             *self.backward_lines(head, outs[:-1], "grad_logits", False, ind), f"{ind}return loss, correct"],
+             *backward, f"{ind}return loss, correct"],
         )  # fmt: skip
-        lines, outs = self.forward_lines(head, False, ind, inference_only=True)
+        lines, _, outs = self.forward_lines(head, False, ind, inference_only=True)
         body += self.function(
             "evaluate", "x, labels, predictions",
             ["Summed loss and correct count of x in inference mode; the predicted class",
@@ -381,13 +413,6 @@ class Generator:
             *sorted(imports),
         ]
         return "\n".join(header + body) + "\n"
-
-    def final_grad(self, stop: int, grad: str) -> str:
-        """The variable holding dL/dx after backward_lines."""
-        layer = self.net.layers[0]
-        if layer.view:
-            return "GV0"
-        return self.ref(0, layer.backward_result, "x", grad)
 
 
 def kernel_sources_digest(kernels: dict) -> str:

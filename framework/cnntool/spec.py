@@ -7,6 +7,7 @@ name the layer by index and name and say what was expected and what was received
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -162,16 +163,18 @@ def validate_spec(source: Any, registry: Registry | None = None) -> BaseModel:
     return spec.model_copy(update={"layers": named})
 
 
+INPUT = "input"  # in a layer's `inputs`: the network input
+
+
 def plan_layers(spec: Any, registry: Registry | None = None) -> list[Layer]:
-    """Make the layers of a validated spec, name them, and infer every shape (no allocation)."""
-    from cnntool.layers.base import ShapeError
+    """Make the layers of a validated spec, name them, connect them (each layer's `sources`)
+    and infer every shape (no allocation)."""
     from cnntool.registry import get_registry
 
     registry = registry or get_registry()
     layers = []
     counts: dict[str, int] = {}
     taken = {config.name for config in spec.layers if config.name}
-    shape: tuple[int, ...] = tuple(spec.input_shape)
     for index, config in enumerate(spec.layers):
         try:
             layer = registry.get(config.type)(config)
@@ -189,22 +192,30 @@ def plan_layers(spec: Any, registry: Registry | None = None) -> list[Layer]:
                 name = f"{config.type}_{counts[config.type]}"
             layer.name = name
         elif any(other.name == config.name for other in layers):
+            first = next(k for k, other in enumerate(layers) if other.name == config.name)
             raise SpecError(
-                f"layer {index} ({config.type}): name {config.name!r} is used by an earlier layer"
+                f"layer {index} ({config.type}): name {config.name!r} is already the name of layer {first}; "
+                "layer names must be unique"
+            )
+        elif config.name == INPUT:
+            raise SpecError(
+                f"layer {index} ({config.type}): the name {INPUT!r} stands for the network input in "
+                "`inputs`; give the layer another name"
             )
         taken.add(layer.name)
-        try:
-            out_shape = tuple(layer.compute_output_shape(shape))
-        except ShapeError as exc:
-            raise SpecError(f"layer {index} {layer.name!r} ({config.type}): {exc}") from None
-        if any(d < 1 for d in out_shape):
-            raise SpecError(
-                f"layer {index} {layer.name!r} ({config.type}): input shape {shape} gives an empty "
-                f"output {out_shape}"
-            )
-        layer.input_shape, layer.output_shape = shape, out_shape
         layers.append(layer)
-        shape = out_shape
+    position = {layer.name: index for index, layer in enumerate(layers)}
+    for index, layer in enumerate(layers):
+        connect(layer, index, layers, position, tuple(spec.input_shape))
+    unused = sorted(set(range(len(layers) - 1)) - {s for layer in layers for s in layer.sources})
+    if unused:
+        index = unused[0]
+        raise SpecError(
+            f"{label(index, layers[index])}: its output is not read by any later layer (only the last "
+            "layer's output is the network's); name it in a later layer's `inputs`, or remove it"
+            + (f" (also unused: {', '.join(repr(layers[k].name) for k in unused[1:])})" if unused[1:] else "")
+        )
+    shape = layers[-1].output_shape
     if len(shape) != 1:
         raise SpecError(
             f"the last layer {layers[-1].name!r} outputs shape {shape}; a classifier ends with flat "
@@ -216,6 +227,74 @@ def plan_layers(spec: Any, registry: Registry | None = None) -> list[Layer]:
             f"{len(spec.classes)} classes; expected one output per class"
         )
     return layers
+
+
+def label(index: int, layer: Layer) -> str:
+    return f"layer {index} {layer.name!r} ({layer.config.type})"
+
+
+def connect(
+    layer: Layer, index: int, layers: list[Layer], position: dict[str, int], input_shape: tuple
+) -> None:
+    """Resolve a layer's `inputs` to earlier layers, check their number, and infer its shapes."""
+    from cnntool.layers.base import ShapeError
+
+    where = label(index, layer)
+    names = layer.config.inputs
+    if names is None:
+        sources: tuple[int, ...] = (index - 1,)
+    else:
+        found = []
+        for name in names:
+            if name == INPUT:
+                found.append(-1)
+            elif name not in position:
+                earlier = [INPUT, *(other.name for other in layers[:index])]
+                close = difflib.get_close_matches(name, earlier, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; earlier layers: {', '.join(earlier)}"
+                raise SpecError(f"{where}: input {name!r} is not the name of a layer{hint}")
+            elif position[name] >= index:
+                raise SpecError(
+                    f"{where}: input {name!r} is layer {position[name]}, "
+                    + ("the layer itself" if position[name] == index else "which comes later")
+                    + "; a layer reads only layers before it (so a network has no cycles): move it after "
+                    f"{name!r}"
+                )
+            else:
+                found.append(position[name])
+        sources = tuple(found)
+        if len(set(sources)) < len(sources):
+            raise SpecError(f"{where}: inputs {names} name one layer twice; name each input once")
+    least, most = layer.arity
+    if len(sources) < least or (most is not None and len(sources) > most):
+        expected = (
+            f"{least} input" + ("s" if least > 1 else "")
+            if least == most
+            else f"at least {least} inputs"
+            if most is None
+            else f"{least} to {most} inputs"
+        )
+        received = [INPUT if s < 0 else layers[s].name for s in sources]
+        hint = "; join branches first with an add or concat layer" if most == 1 else ""
+        raise SpecError(f"{where}: takes {expected}, received {len(sources)} {received}{hint}")
+    shapes = [input_shape if s < 0 else layers[s].output_shape for s in sources]
+    given = tuple(shapes) if layer.multi_input else shapes[0]
+    try:
+        out_shape = tuple(layer.compute_output_shape(given))
+    except ShapeError as exc:
+        detail = ""
+        if layer.multi_input:
+            producers = [INPUT if s < 0 else layers[s].name for s in sources]
+            detail = (
+                " (inputs: "
+                + ", ".join(f"{p!r} gives {sh}" for p, sh in zip(producers, shapes, strict=True))
+                + ")"
+            )
+        raise SpecError(f"{where}: {exc}{detail}") from None
+    if any(d < 1 for d in out_shape):
+        raise SpecError(f"{where}: input shape {given} gives an empty output {out_shape}")
+    layer.sources = sources
+    layer.input_shape, layer.output_shape = given, out_shape
 
 
 def format_errors(exc: ValidationError, data: Any) -> str:

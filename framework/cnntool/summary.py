@@ -36,7 +36,7 @@ def layer_rows(layers: list) -> list[dict[str, Any]]:
 
 
 def hyperparameters(config: dict) -> dict[str, Any]:
-    return {key: value for key, value in config.items() if key not in ("type", "name")}
+    return {key: value for key, value in config.items() if key not in ("type", "name", "inputs")}
 
 
 def describe_spec(spec: Any, registry: Any = None) -> dict[str, Any]:

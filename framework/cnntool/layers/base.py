@@ -21,6 +21,11 @@ numba function per network (`cnntool.plan`), which is what makes small networks 
 A layer that writes `forward`/`backward` by hand instead still works everywhere; networks
 containing one simply run layer by layer.
 
+A merge layer (`add`, `concat`) reads several layers: it sets `multi_input = True`, and then
+its shapes are computed from a tuple of input shapes, `forward` takes a list of arrays, and
+`backward` returns one gradient per input (`backward_results` says where each lies). In its
+kernel calls, `xs(k)` is input k.
+
 `forward` and `backward` return arrays the layer owns and reuses on the next call with the
 same batch size, so a training step allocates nothing; copy a result to keep it.
 `backward` overwrites `grads` (it does not accumulate). Parameters may be moved into one
@@ -31,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Annotated, Any, ClassVar, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,9 +47,10 @@ Shape = tuple[int, ...]
 
 
 class Ref(NamedTuple):
-    """An array named in a kernel call: the layer's input `x`, the incoming `grad_out`, or a
-    parameter, gradient, state, per-example buffer or scratch array by name. (`step` is for
-    the plan's fused kernels, which may name the buffer of a layer `step` places later.)"""
+    """An array named in a kernel call: the layer's input `x` (input k of a merge layer is
+    `Ref("x", str(k))`), the incoming `grad_out`, or a parameter, gradient, state,
+    per-example buffer or scratch array by name. (`step` is for the plan's fused kernels,
+    which may name the buffer of a layer `step` places later.)"""
 
     kind: str
     name: str = ""
@@ -67,6 +73,11 @@ GRAD_OUT = Ref("grad_out")
 # into pieces across threads). Random numbers made from these never depend on the cut.
 RANDOM = Ref("random")
 OFFSET = Ref("offset")
+
+
+def xs(k: int) -> Ref:
+    """Input k of a merge layer."""
+    return Ref("x", str(k))
 
 
 def param(name: str) -> Ref:
@@ -106,6 +117,13 @@ class LayerConfig(BaseModel):
         pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$",
         description="Stable layer name; parameter keys are '<name>.<param>'.",
     )
+    inputs: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Names of the earlier layers this one reads ('input': the network input); "
+        "without it, the layer before (or the network input, for the first).",
+    )
 
 
 class Layer:
@@ -120,6 +138,10 @@ class Layer:
     # False for layers whose result for one example depends on the others in the batch
     # (batch statistics): their networks are never split across threads by examples.
     per_example: ClassVar[bool] = True
+    # True for layers reading several inputs (merge layers: add, concat); see the module docs.
+    multi_input: ClassVar[bool] = False
+    # How many inputs a layer takes: (fewest, most); None for no upper bound.
+    arity: ClassVar[tuple[int, int | None]] = (1, 1)
 
     def __init__(self, config: LayerConfig) -> None:
         self.config = config
@@ -127,8 +149,10 @@ class Layer:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.state: dict[str, np.ndarray] = {}
-        self.input_shape: Shape | None = None
+        self.input_shape: Any = None  # a Shape, or a tuple of them for a merge layer
         self.output_shape: Shape | None = None
+        # Which layers this one reads, by index in the network (-1: the network input).
+        self.sources: tuple[int, ...] = ()
         # False for the first layer of a network while training: its input gradient is
         # never used, so layers may skip computing it.
         self.need_input_grad = True
@@ -164,8 +188,9 @@ class Layer:
     def build(self, input_shape: Shape, rng: np.random.Generator | None) -> Shape:
         """Check the input shape, allocate parameters (initialised from `rng`), return the
         output shape. With `rng=None` parameters are zeros, to be filled from a bundle."""
-        output_shape = self.compute_output_shape(tuple(input_shape))
-        self.input_shape = tuple(input_shape)
+        input_shape = tuple(tuple(shape) for shape in input_shape) if self.multi_input else tuple(input_shape)
+        output_shape = self.compute_output_shape(input_shape)
+        self.input_shape = input_shape
         self.output_shape = tuple(output_shape)
         self.params = {}
         for key, shape in self.param_shapes(self.input_shape).items():
@@ -201,18 +226,25 @@ class Layer:
 
     # --- computing -------------------------------------------------------------------------
 
-    def forward(self, x: np.ndarray, *, training: bool = False) -> np.ndarray:
-        """Run the declared forward kernels; returns the output buffer."""
+    def backward_results(self) -> list[Ref]:
+        """Where backward leaves the gradient of each input, in the order of the inputs."""
+        return [self.backward_result]
+
+    def forward(self, x: Any, *, training: bool = False) -> np.ndarray:
+        """Run the declared forward kernels; returns the output buffer. `x` is an array, or
+        a list of them for a merge layer."""
         self._x = x
         if self.view:
             return x.reshape(x.shape[0], *self.output_shape)
         calls = self.forward_calls(training)
         if calls is None:
             raise NotImplementedError(f"{type(self).__name__} defines neither forward() nor forward_calls()")
-        return self._run(calls, x.shape[0], self.forward_result, x, None)
+        n = x[0].shape[0] if self.multi_input else x.shape[0]
+        return self._run(calls, n, self.forward_result, x, None)
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Run the declared backward kernels; returns the input-gradient buffer."""
+    def backward(self, grad_out: np.ndarray) -> Any:
+        """Run the declared backward kernels; returns the input-gradient buffer (a list of
+        them, one per input, for a merge layer)."""
         if self.view:
             return grad_out.reshape(grad_out.shape[0], *self.input_shape)
         calls = self.backward_calls(self.need_input_grad)
@@ -220,16 +252,17 @@ class Layer:
             raise NotImplementedError(
                 f"{type(self).__name__} defines neither backward() nor backward_calls()"
             )
+        if self.multi_input:
+            results = self.backward_results()
+            return self._run(calls, grad_out.shape[0], results, self._x, grad_out)
         return self._run(calls, grad_out.shape[0], self.backward_result, self._x, grad_out)
 
-    def _run(
-        self, calls: list[Call], n: int, result: Ref, x: np.ndarray, grad_out: np.ndarray | None
-    ) -> np.ndarray:
+    def _run(self, calls: list[Call], n: int, result: Any, x: Any, grad_out: np.ndarray | None) -> Any:
         def resolve(arg: Any) -> Any:
             if not isinstance(arg, Ref):
                 return arg
             if arg.kind == "x":
-                return x
+                return x[int(arg.name)] if arg.name else x
             if arg.kind == "grad_out":
                 return grad_out
             if arg.kind == "param":
@@ -252,6 +285,8 @@ class Layer:
 
         for kernel, args in calls:
             kernel(*(resolve(arg) for arg in args))
+        if isinstance(result, list):
+            return [resolve(ref) for ref in result]
         return resolve(result)
 
     def flops(self, input_shape: Shape) -> int:

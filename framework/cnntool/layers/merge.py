@@ -1,0 +1,119 @@
+"""Merge layers: where the branches of a graph network meet.
+
+`add` sums two or more inputs of one shape (a ResNet shortcut); `concat` joins two or more
+images of equal height and width along the channel axis (Inception, DenseNet). Both read
+the layers named in their `inputs`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from cnntool.kernels.merge import add_forward, add_into, concat_backward, concat_forward
+from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Ref, Shape, ShapeError, buf, xs
+
+
+class AddConfig(LayerConfig):
+    type: Literal["add"] = "add"
+
+
+class ConcatConfig(LayerConfig):
+    type: Literal["concat"] = "concat"
+
+
+class Add(Layer):
+    """y = x_0 + x_1 + ... + x_k; dL/dx_i = dL/dy for every input.
+
+    Forward: `add_forward` for the first two inputs, `add_into` for each further one.
+    Backward runs no kernel: every input's gradient is the incoming gradient itself.
+    """
+
+    Config = AddConfig
+    multi_input = True
+    arity = (2, None)
+
+    @classmethod
+    def examples(cls) -> list[tuple[dict, tuple[Shape, ...]]]:
+        """Configs `cnntool plugin check` runs the conformance checks on."""
+        return [({"type": "add"}, ((2, 4, 5), (2, 4, 5))), ({"type": "add"}, ((6,), (6,), (6,)))]
+
+    def compute_output_shape(self, input_shape: tuple[Shape, ...]) -> Shape:
+        first = input_shape[0]
+        for k, shape in enumerate(input_shape[1:], start=1):
+            if shape != first:
+                raise ShapeError(f"inputs must have one shape; input 0 has {first}, input {k} has {shape}")
+        return first
+
+    def buffers(self) -> dict[str, Array]:
+        return {"out": Array(self.output_shape)}
+
+    def forward_calls(self, training: bool) -> list[Call]:
+        calls: list[Call] = [(add_forward, (xs(0), xs(1), buf("out")))]
+        calls += [(add_into, (buf("out"), xs(k))) for k in range(2, len(self.input_shape))]
+        return calls
+
+    def backward_calls(self, need_grad_x: bool) -> list[Call]:
+        return []
+
+    def backward_results(self) -> list[Ref]:
+        return [GRAD_OUT] * len(self.input_shape)
+
+    def flops(self, input_shape: tuple[Shape, ...]) -> int:
+        return math.prod(input_shape[0]) * (len(input_shape) - 1)
+
+
+class Concat(Layer):
+    """y = [x_0, x_1, ..., x_k] along channels; dL/dx_i = the channels of dL/dy that x_i
+    filled. Forward copies each input into its channels (`concat_forward`), backward copies
+    each input's channels of the gradient out (`concat_backward`)."""
+
+    Config = ConcatConfig
+    multi_input = True
+    arity = (2, None)
+
+    @classmethod
+    def examples(cls) -> list[tuple[dict, tuple[Shape, ...]]]:
+        """Configs `cnntool plugin check` runs the conformance checks on."""
+        return [({"type": "concat"}, ((2, 4, 5), (3, 4, 5))), ({"type": "concat"}, ((1, 3, 3),) * 3)]
+
+    def compute_output_shape(self, input_shape: tuple[Shape, ...]) -> Shape:
+        for k, shape in enumerate(input_shape):
+            if len(shape) != 3:
+                raise ShapeError(
+                    f"joins images along channels: expected (channels, height, width) inputs, "
+                    f"input {k} has shape {shape}"
+                )
+        size = input_shape[0][1:]
+        for k, shape in enumerate(input_shape[1:], start=1):
+            if shape[1:] != size:
+                raise ShapeError(
+                    f"inputs must have equal height and width; input 0 is {size[0]}x{size[1]} "
+                    f"{input_shape[0]}, input {k} is {shape[1]}x{shape[2]} {shape}"
+                )
+        return (sum(shape[0] for shape in input_shape), *size)
+
+    def starts(self) -> list[int]:
+        """The first output channel of each input."""
+        firsts, channel = [], 0
+        for shape in self.input_shape:
+            firsts.append(channel)
+            channel += shape[0]
+        return firsts
+
+    def buffers(self) -> dict[str, Array]:
+        arrays = {"out": Array(self.output_shape)}
+        for k, shape in enumerate(self.input_shape):
+            arrays[f"grad_x{k}"] = Array(shape)
+        return arrays
+
+    def forward_calls(self, training: bool) -> list[Call]:
+        return [(concat_forward, (xs(k), start, buf("out"))) for k, start in enumerate(self.starts())]
+
+    def backward_calls(self, need_grad_x: bool) -> list[Call]:
+        return [
+            (concat_backward, (GRAD_OUT, start, buf(f"grad_x{k}"))) for k, start in enumerate(self.starts())
+        ]
+
+    def backward_results(self) -> list[Ref]:
+        return [buf(f"grad_x{k}") for k in range(len(self.input_shape))]
