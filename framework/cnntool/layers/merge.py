@@ -42,7 +42,10 @@ class Add(Layer):
         first = input_shape[0]
         for k, shape in enumerate(input_shape[1:], start=1):
             if shape != first:
-                raise ShapeError(f"inputs must have one shape; input 0 has {first}, input {k} has {shape}")
+                raise ShapeError(
+                    f"inputs must have one shape; input 0 has {first}, input {k} has {shape}"
+                    + projection_hint(first, shape, k)
+                )
         return first
 
     def buffers(self) -> dict[str, Array]:
@@ -61,6 +64,22 @@ class Add(Layer):
 
     def flops(self, input_shape: tuple[Shape, ...]) -> int:
         return math.prod(input_shape[0]) * (len(input_shape) - 1)
+
+
+def projection_hint(first: Shape, other: Shape, k: int) -> str:
+    """How a ResNet matches a shortcut to its block: a 1x1 convolution with a stride, on the
+    input with the larger image, to the other's channels and size."""
+    if len(first) != 3 or len(other) != 3:
+        return ""
+    source, target, which = (other, first, k) if other[1] >= first[1] else (first, other, 0)
+    stride = -(-source[1] // target[1])
+    if -(-source[1] // stride) != target[1] or -(-source[2] // stride) != target[2]:
+        return ""
+    move = f', "stride": {stride}' if stride > 1 else ""
+    return (
+        f'; project input {which} with {{"type": "conv2d", "filters": {target[0]}, "kernel_size": 1{move}}} '
+        "on its branch"
+    )
 
 
 class Concat(Layer):
