@@ -251,3 +251,29 @@ def test_bad_graph_on_the_command_line_is_one_line(tmp_path, root):
     assert result.stderr.strip().splitlines() == [
         "error: layer 1 'relu_1' (relu): input 'con' is not the name of a layer; did you mean 'conv'?"
     ]
+
+
+def test_the_kit_checks_every_input_of_a_merge_layer():
+    from cnntool.layers.merge import Add, AddConfig
+    from cnntool.testing import check_gradients, check_shapes
+
+    class HalfAdd(Add):
+        def backward(self, grad_out):
+            return [grad_out, grad_out * np.float32(0.5)]
+
+    class OneGradient(Add):
+        def backward(self, grad_out):
+            return [grad_out]
+
+    shapes = ((2, 3, 3), (2, 3, 3))
+    good = Add(AddConfig())
+    good.build(shapes, None)
+    assert set(check_gradients(good)) == {"x0", "x1"}
+    half = HalfAdd(AddConfig())
+    half.build(shapes, None)
+    with pytest.raises(AssertionError, match=r"add: gradient of x1\[.*\] is .*, finite differences give"):
+        check_gradients(half)
+    one = OneGradient(AddConfig())
+    one.build(shapes, None)
+    with pytest.raises(AssertionError, match="backward returned 1 gradients for 2 inputs"):
+        check_shapes(one)

@@ -87,20 +87,21 @@ def check_gradients(
     one-sided difference on either side. More than half the samples at kinks is an error:
     choose a smaller `eps` or another `x`."""
     rng = np.random.default_rng(seed)
-    if x is None:
-        x = rng.standard_normal((batch, *layer.input_shape)).astype(np.float32)
-    x = np.ascontiguousarray(x, np.float32)
-    out = layer.forward(x, training=training).copy()
+    xs = inputs_of(layer, batch, rng, x)
+    given = xs if layer.multi_input else xs[0]
+    out = layer.forward(given, training=training).copy()
     projection = rng.standard_normal(out.shape).astype(np.float32)
 
     def objective() -> float:
-        return float(np.sum(layer.forward(x, training=training).astype(np.float64) * projection))
+        return float(np.sum(layer.forward(given, training=training).astype(np.float64) * projection))
 
     center = objective()
     layer.need_input_grad = True
-    analytic = {"x": layer.backward(projection.copy()).copy()}
+    names = input_names(layer)
+    results = layer.backward(projection.copy())
+    analytic = {name: grad.copy() for name, grad in zip(names, per_input(layer, results), strict=True)}
     analytic.update({key: grad.copy() for key, grad in layer.grads.items()})
-    targets = {"x": x, **layer.params}
+    targets = {**dict(zip(names, xs, strict=True)), **layer.params}
     worst = {}
     for key, array in targets.items():
         flat = array.reshape(-1)
@@ -138,6 +139,25 @@ def check_gradients(
     return worst
 
 
+def inputs_of(layer: Layer, batch: int, rng: np.random.Generator, x: Any = None) -> list[np.ndarray]:
+    """The layer's inputs as a list (one array, or one per input of a merge layer):
+    `x` when given, else standard-normal arrays of the input shapes."""
+    shapes = list(layer.input_shape) if layer.multi_input else [layer.input_shape]
+    if x is None:
+        return [rng.standard_normal((batch, *shape)).astype(np.float32) for shape in shapes]
+    return [np.ascontiguousarray(a, np.float32) for a in (x if layer.multi_input else [x])]
+
+
+def input_names(layer: Layer) -> list[str]:
+    """'x', or 'x0', 'x1', ... for the inputs of a merge layer, in messages."""
+    return [f"x{k}" for k in range(len(layer.input_shape))] if layer.multi_input else ["x"]
+
+
+def per_input(layer: Layer, result: Any) -> list[Any]:
+    """What backward returned, as a list with one gradient per input."""
+    return list(result) if layer.multi_input else [result]
+
+
 # --- shapes ------------------------------------------------------------------------------------
 
 
@@ -145,7 +165,7 @@ def check_shapes(layer: Layer, *, batch: int = 2, seed: int = 0) -> None:
     """What the layer declares equals what it does: `build` allocates `param_shapes` and
     `state_shapes`, `forward` returns float32 (batch, *compute_output_shape), `backward`
     returns the input's shape and fills a gradient of every parameter's shape."""
-    input_shape = tuple(layer.input_shape)
+    input_shape = layer.input_shape
     declared = tuple(layer.compute_output_shape(input_shape))
     problems = []
     if tuple(layer.output_shape) != declared:
@@ -164,20 +184,25 @@ def check_shapes(layer: Layer, *, batch: int = 2, seed: int = 0) -> None:
                 )
     if set(layer.grads) != set(layer.params):
         problems.append(f"grads {sorted(layer.grads)} do not match params {sorted(layer.params)}")
-    x = np.random.default_rng(seed).standard_normal((batch, *input_shape)).astype(np.float32)
-    out = layer.forward(x, training=True)
+    xs = inputs_of(layer, batch, np.random.default_rng(seed))
+    out = layer.forward(xs if layer.multi_input else xs[0], training=True)
     if tuple(out.shape) != (batch, *declared) or out.dtype != np.float32:
         problems.append(
-            f"forward returned {out.dtype}{list(out.shape)} for input {list(x.shape)}, "
-            f"expected float32{[batch, *declared]} from compute_output_shape"
+            f"forward returned {out.dtype}{list(out.shape)} for input "
+            f"{', '.join(str(list(x.shape)) for x in xs)}, expected float32{[batch, *declared]} from "
+            "compute_output_shape"
         )
     else:
         layer.need_input_grad = True
-        grad_x = layer.backward(np.ones_like(out))
-        if tuple(grad_x.shape) != x.shape or grad_x.dtype != np.float32:
-            problems.append(
-                f"backward returned {grad_x.dtype}{list(grad_x.shape)}, expected float32{list(x.shape)}"
-            )
+        results = per_input(layer, layer.backward(np.ones_like(out)))
+        if len(results) != len(xs):
+            problems.append(f"backward returned {len(results)} gradients for {len(xs)} inputs")
+        for name, x, grad_x in zip(input_names(layer), xs, results, strict=False):
+            if tuple(grad_x.shape) != x.shape or grad_x.dtype != np.float32:
+                problems.append(
+                    f"backward returned {grad_x.dtype}{list(grad_x.shape)} for {name}, "
+                    f"expected float32{list(x.shape)}"
+                )
         for key, grad in layer.grads.items():
             if key in layer.params and grad.shape != layer.params[key].shape:
                 problems.append(
@@ -258,9 +283,13 @@ def check_bundle_round_trip(config: dict, input_shape: Shape, *, seed: int = 0, 
         raise AssertionError(f"{name}: bundle round trip: " + "; ".join(problems))
 
 
-def wrapping_spec(config: dict, input_shape: Shape) -> dict:
+def wrapping_spec(config: dict, input_shape: Any) -> dict:
     """A classifier spec around one layer: an image input goes straight in, a flat input
-    (features,) is given as (features, 1, 1) and flattened first; flatten and dense follow."""
+    (features,) is given as (features, 1, 1) and flattened first; flatten and dense follow.
+    A merge layer (several input shapes) reads one branch per input, made from the network
+    input by a 1x1 convolution (images of one size) or a dense layer (flat inputs)."""
+    if input_shape and isinstance(input_shape[0], (tuple, list)):
+        return merging_spec(config, [tuple(shape) for shape in input_shape])
     shape = tuple(input_shape)
     if len(shape) == 3:
         layers, spec_input = [config], list(shape)
@@ -275,6 +304,37 @@ def wrapping_spec(config: dict, input_shape: Shape) -> dict:
         "name": f"check-{config['type']}",
         "input_shape": spec_input,
         "layers": [*layers, {"type": "flatten"}, {"type": "dense", "units": 3}],
+    }
+
+
+def merging_spec(config: dict, shapes: list[Shape]) -> dict:
+    if all(len(shape) == 3 and shape[1:] == shapes[0][1:] for shape in shapes):
+        spec_input, layers = list(shapes[0]), []
+        branches = [
+            {
+                "type": "conv2d",
+                "name": f"branch{k}",
+                "inputs": ["input"],
+                "filters": shape[0],
+                "kernel_size": 1,
+            }
+            for k, shape in enumerate(shapes)
+        ]
+    elif all(len(shape) == 1 for shape in shapes):
+        spec_input, layers = [shapes[0][0], 1, 1], [{"type": "flatten", "name": "flat"}]
+        branches = [
+            {"type": "dense", "name": f"branch{k}", "inputs": ["flat"], "units": shape[0]}
+            for k, shape in enumerate(shapes)
+        ]
+    else:
+        raise PluginError(
+            f"{config['type']}: example input shapes {shapes} are neither images of one size nor flat"
+        )
+    merge = {**config, "inputs": [branch["name"] for branch in branches]}
+    return {
+        "name": f"check-{config['type']}",
+        "input_shape": spec_input,
+        "layers": [*layers, *branches, merge, {"type": "flatten"}, {"type": "dense", "units": 3}],
     }
 
 
@@ -299,7 +359,7 @@ class CheckResult:
             "ok": self.ok,
             "message": self.message,
             "config": self.config,
-            "input_shape": list(self.input_shape) if self.input_shape is not None else None,
+            "input_shape": json.loads(json.dumps(self.input_shape)) if self.input_shape is not None else None,
         }
 
 
@@ -359,7 +419,7 @@ def layer_examples(layer_class: type, name: str) -> list[tuple[dict, Shape]]:
     DEFAULT_INPUT_SHAPES it accepts."""
     declared = getattr(layer_class, "examples", None)
     if declared is not None:
-        examples = [(dict(config), tuple(shape)) for config, shape in declared()]
+        examples = [(dict(config), as_shape(shape)) for config, shape in declared()]
         if not examples:
             raise PluginError(f"{layer_class.__name__}.examples() returned no examples")
         for config, _ in examples:
@@ -387,6 +447,13 @@ def layer_examples(layer_class: type, name: str) -> list[tuple[dict, Shape]]:
         f"{layer_class.__name__} declares no examples() and accepts none of the input shapes "
         f"{', '.join(map(str, DEFAULT_INPUT_SHAPES))}; add a classmethod examples()"
     )
+
+
+def as_shape(shape: Any) -> Any:
+    """An example's input shape as a tuple, or a tuple of them for a merge layer."""
+    if shape and isinstance(shape[0], (tuple, list)):
+        return tuple(tuple(part) for part in shape)
+    return tuple(shape)
 
 
 def check_distribution(distribution: str, *, seed: int = 0, registry: Any = None) -> list[CheckResult]:
