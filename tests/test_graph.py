@@ -2,6 +2,7 @@
 compiled plan against layer by layer, and every bad graph as a one-line SpecError."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -277,3 +278,39 @@ def test_the_kit_checks_every_input_of_a_merge_layer():
     one.build(shapes, None)
     with pytest.raises(AssertionError, match="backward returned 1 gradients for 2 inputs"):
         check_shapes(one)
+
+
+def test_inspect_shows_what_each_layer_reads_and_draws_the_graph(tmp_path, root):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cnntool_cli = str(Path(sys.executable).with_name("cnntool"))
+    path = tmp_path / "residual.json"
+    path.write_text(json.dumps(RESIDUAL))
+    info = json.loads(subprocess.run([cnntool_cli, "inspect", path, "--json"], capture_output=True,
+                                     text=True, check=True).stdout)  # fmt: skip
+    rows = {row["name"]: row for row in info["layers"]}
+    assert rows["stem"]["inputs"] == ["input"]
+    assert rows["b2_add"]["inputs"] == ["b2_bn2", "b2_bnp"]
+    assert rows["b2_proj"]["inputs"] == ["b1_out"] and rows["b2_proj"]["output_shape"] == [6, 5, 5]
+    wide = {**os.environ, "COLUMNS": "200"}
+    table = subprocess.run(
+        [cnntool_cli, "inspect", path], capture_output=True, text=True, check=True, env=wide
+    )
+    header = next(line for line in table.stdout.splitlines() if " name " in line)
+    assert [cell.strip() for cell in header.strip("┃ ").split("┃")][:4] == ["#", "name", "type", "inputs"]
+    add_row = next(line for line in table.stdout.splitlines() if " b2_add " in line)
+    assert "│ b2_bn2, b2_bnp " in add_row
+    dot = subprocess.run([cnntool_cli, "inspect", path, "--dot"], capture_output=True, text=True, check=True)
+    lines = dot.stdout.splitlines()
+    assert lines[0] == 'digraph "residual" {' and lines[-1] == "}"
+    index = {row["name"]: row["index"] for row in info["layers"]}
+    edges = {line.strip() for line in lines if "->" in line}
+    assert f"n{index['b2_bn2']} -> n{index['b2_add']};" in edges
+    assert f"n{index['b2_bnp']} -> n{index['b2_add']};" in edges
+    assert "input -> n0;" in edges
+    assert len(edges) == sum(len(row["inputs"]) for row in info["layers"])
+    flat = subprocess.run([cnntool_cli, "inspect", root / "models/seed_cnn.json"], capture_output=True,
+                          text=True, check=True, env=wide).stdout  # fmt: skip
+    assert "inputs" not in flat  # a stack reads the layer before: no column

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from cnntool.errors import CnntoolError
+from cnntool.spec import INPUT
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -25,6 +26,7 @@ def layer_rows(layers: list) -> list[dict[str, Any]]:
                 "index": index,
                 "name": layer.name,
                 "type": layer.config.type,
+                "inputs": [INPUT if source < 0 else layers[source].name for source in layer.sources],
                 "output_shape": list(layer.output_shape),
                 "params": sum(math.prod(shape) for shape in shapes.values()),
                 "flops": int(layer.flops(layer.input_shape)),
@@ -105,11 +107,16 @@ def stored_layout(raw: Any, registry: Any) -> dict[str, Any]:
     the installed layer types reach (up to the first one that is missing)."""
     spec = raw.spec
     layers = spec.get("layers") if isinstance(spec.get("layers"), list) else []
-    shape = stored_input_shape(spec.get("input_shape"))
+    shapes: dict[str, Any] = {INPUT: stored_input_shape(spec.get("input_shape"))}
+    previous = INPUT
     rows = []
     for index, layer in enumerate(layers):
         layer = layer if isinstance(layer, dict) else {}
         name = str(layer.get("name", f"layer{index}"))
+        inputs = layer.get("inputs") if isinstance(layer.get("inputs"), list) else [previous]
+        inputs = [str(source) for source in inputs]
+        # Shapes follow a layer reading one input; a merge layer's are left unknown here.
+        shape = shapes.get(inputs[0]) if len(inputs) == 1 else None
         weights = {
             key.rsplit(".", 1)[1]: list(array.shape)
             for key, array in sorted(raw.weights.items())
@@ -119,6 +126,7 @@ def stored_layout(raw: Any, registry: Any) -> dict[str, Any]:
             "index": index,
             "name": name,
             "type": str(layer.get("type", "?")),
+            "inputs": inputs,
             "output_shape": None,
             "params": sum(math.prod(dims) for dims in weights.values()),
             "flops": None,
@@ -128,6 +136,7 @@ def stored_layout(raw: Any, registry: Any) -> dict[str, Any]:
         if shape is not None:
             shape, row["flops"] = shape_through(layer, shape, registry)
             row["output_shape"] = list(shape) if shape is not None else None
+        shapes[name], previous = shape, name
         rows.append(row)
     return {
         "name": str(spec.get("name", "?")),
@@ -156,6 +165,39 @@ def shape_through(config: dict, input_shape: tuple[int, ...], registry: Any) -> 
         return output_shape, int(layer.flops(input_shape))
     except Exception:  # an uninstalled type, or a config this version cannot read: shape unknown
         return None, None
+
+
+def is_graph(rows: list[dict[str, Any]]) -> bool:
+    """Whether some layer reads other than the one before it (or than the input, the first)."""
+    previous = INPUT
+    for row in rows:
+        if row["inputs"] != [previous]:
+            return True
+        previous = row["name"]
+    return False
+
+
+def dot_graph(info: dict[str, Any]) -> str:
+    """The network as a Graphviz DOT digraph: the input, then a box per layer with its name,
+    type and output shape, and an edge from every layer to each layer reading it."""
+
+    def text(value: Any) -> str:  # inside a DOT string
+        return str(value).replace("\\", "\\\\").replace('"', '\\"')
+
+    nodes = {INPUT: "input"}
+    lines = [
+        f'digraph "{text(info["name"])}" {{',
+        "  rankdir=TB;",
+        '  node [shape=box, style=rounded, fontname="Helvetica"];',
+        f'  input [shape=ellipse, label="input {tuple(info["input_shape"] or ())}"];',
+    ]
+    for row in info["layers"]:
+        node = nodes[row["name"]] = f"n{row['index']}"
+        shape = "?" if row["output_shape"] is None else tuple(row["output_shape"])
+        lines.append(f'  {node} [label="{text(row["name"])}\\n{text(row["type"])} {shape}"];')
+        lines += [f"  {nodes[source]} -> {node};" for source in row["inputs"] if source in nodes]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
 
 
 def sparkline(values: list[float]) -> str:

@@ -13,12 +13,18 @@ from cnntool.cli.output import print_json
 def inspect(
     file: Annotated[Path, typer.Argument(help="A bundle (.cnnb) or a spec (.json).", show_default=False)],
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    dot: Annotated[
+        bool, typer.Option("--dot", help="Print the network as a Graphviz DOT graph (dot -Tpng to draw it).")
+    ] = False,
 ) -> None:
-    """Show layers, output shapes, parameters, FLOPs, providers and training history."""
-    from cnntool.summary import describe_file
+    """Show layers, the layers each reads, output shapes, parameters, FLOPs, providers and
+    training history."""
+    from cnntool.summary import describe_file, dot_graph
 
     info = describe_file(file)
-    if json_output:
+    if dot:
+        typer.echo(dot_graph(info), nl=False)
+    elif json_output:
         print_json(info)
     else:
         render(info)
@@ -28,26 +34,26 @@ def render(info: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from cnntool.summary import sparkline
+    from cnntool.summary import is_graph, sparkline
 
     console = Console(highlight=False)
     title = f"{info['kind']} {info['name']!r}  input {tuple(info['input_shape'] or ())}"
     table = Table(title=title, title_justify="left")
-    for column, justify in (
-        ("#", "right"),
-        ("name", "left"),
-        ("type", "left"),
-        ("output shape", "left"),
-        ("params", "right"),
-        ("FLOPs", "right"),
-    ):
+    graph = is_graph(info["layers"])  # a stack reads the layer before: no column needed
+    columns = [("#", "right"), ("name", "left"), ("type", "left"), *([("inputs", "left")] if graph else []),
+               ("output shape", "left"), ("params", "right"), ("FLOPs", "right")]  # fmt: skip
+    for column, justify in columns:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in info["layers"]:
         shape = "?" if row["output_shape"] is None else str(tuple(row["output_shape"]))
         flops = "?" if row["flops"] is None else f"{row['flops']:,}"
-        table.add_row(str(row["index"]), row["name"], row["type"], shape, f"{row['params']:,}", flops)
+        inputs = [", ".join(row["inputs"])] if graph else []
+        table.add_row(
+            str(row["index"]), row["name"], row["type"], *inputs, shape, f"{row['params']:,}", flops
+        )
     total_flops = "?" if info["total_flops"] is None else f"{info['total_flops']:,}"
-    table.add_row("", "total", "", "", f"{info['total_params']:,}", total_flops, end_section=True)
+    blank = [""] if graph else []
+    table.add_row("", "total", "", *blank, "", f"{info['total_params']:,}", total_flops, end_section=True)
     console.print(table)
     if info.get("classes"):
         console.print(
