@@ -154,7 +154,9 @@ def test_gemm_with_offsets_and_row_strides(rng):
 CACHE_PROGRAM = """
 import json, numpy as np, cnntool
 from cnntool.kernels import conv
-net = cnntool.Network.from_spec({spec!r}, seed=0)
+spec = json.load(open({spec!r}))
+spec["layers"][0]["filters"] = {filters}
+net = cnntool.Network.from_spec(spec, seed=0)
 net.train_step(np.zeros((2, 1, 28, 28), np.float32), np.zeros(2, np.int64))
 net.layers[0].forward(np.zeros((2, 1, 28, 28), np.float32))  # a kernel called on its own
 step = net.plan.module.train_step
@@ -172,11 +174,14 @@ def test_second_process_loads_compiled_code_from_the_cache(tmp_path, root):
         "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
         "CNNTOOL_CACHE_DIR": str(tmp_path / "cnntool"),
     }
-    program = CACHE_PROGRAM.format(spec=str(root / "models/seed_cnn.json"))
     runs = [
         json.loads(
             subprocess.run(
-                [sys.executable, "-c", program],
+                [
+                    sys.executable,
+                    "-c",
+                    CACHE_PROGRAM.format(spec=str(root / "models/seed_cnn.json"), filters=f),
+                ],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -184,12 +189,28 @@ def test_second_process_loads_compiled_code_from_the_cache(tmp_path, root):
                 timeout=600,
             ).stdout
         )
-        for _ in range(2)
+        for f in (8, 8, 11)
     ]
     assert runs[0]["misses"] == 1 and runs[0]["hits"] == 0
     assert runs[1]["misses"] == 0 and runs[1]["hits"] == 1
     assert runs[1]["kernel_hits"] == 1 and runs[1]["kernel_misses"] == 0
-    assert list((tmp_path / "cnntool" / "plans").glob("cnntool_plan_*.py"))
+    # Sizes are arguments of the compiled code, not part of it: a network never seen, of
+    # the same structure, compiles nothing.
+    assert runs[2]["misses"] == 0 and runs[2]["hits"] == 1
+    assert len(list((tmp_path / "cnntool" / "plans").glob("cnntool_plan_*.py"))) == 1
+
+
+def test_networks_of_one_structure_share_one_module(root):
+    """Other widths, image sizes and classes; the same kernels (a convolution chooses its
+    kernels by size, so sizes that change the choice change the module)."""
+    spec = json.loads((root / "models/seed_cnn.json").read_text())
+    sources = set()
+    for first, second, classes, height in ((8, 16, 10, 28), (10, 24, 4, 30), (6, 12, 7, 26)):
+        spec["layers"][0]["filters"], spec["layers"][3]["filters"] = first, second
+        spec["layers"][-1]["units"], spec["classes"] = classes, [str(k) for k in range(classes)]
+        spec["input_shape"] = [1, height, 28]
+        sources.add(cnntool.Network.from_spec(spec).plan.source)
+    assert len(sources) == 1
 
 
 def test_warmup_command_compiles_every_function(tmp_path, root):

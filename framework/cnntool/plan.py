@@ -48,7 +48,7 @@ NEXT_OUT = Ref("next_buf", "out", 1)
 CACHE_ENV = "CNNTOOL_CACHE_DIR"
 ALIGN = 16  # floats: keeps every array 64-byte aligned
 # The arrays a plan function may take after its own arguments, in this order.
-POOLS = ("params", "grads", "state", "ws", "iws", "sws", "siws", "random", "offset")
+POOLS = ("params", "grads", "state", "ws", "iws", "sws", "siws", "random", "offset", "dims", "reals")
 
 
 def align(size: int) -> int:
@@ -122,7 +122,12 @@ class Generator:
         self.layout = Layout()
         self.kernels: dict[Any, str] = {}
         self.signatures: dict[str, tuple[str, ...]] = {}
-        self.lines: list[str] = []
+        # Every number the code needs (offsets, shapes, kernel arguments) is an element of
+        # `dims` (integers and flags) or `reals` (floats), arguments of every function, in the
+        # order the code asks for them: the text holds no number that depends on the
+        # network's sizes, so networks of one structure share one compiled module.
+        self.dims: list[int] = []
+        self.reals: list[float] = []
         # Every identifier in the generated code is a prefix and a number: names come from
         # users (layer names) and plugins (buffer names), and a mapping of them to
         # identifiers could make two of them one (`conv-a` and `conv_a`) or clash with
@@ -185,10 +190,29 @@ class Generator:
         lines = []
         for function, args in calls:
             text = ", ".join(
-                self.ref(index, arg, x, grad_out) if isinstance(arg, Ref) else literal(arg) for arg in args
+                self.ref(index, arg, x, grad_out) if isinstance(arg, Ref) else self.number_arg(arg)
+                for arg in args
             )
             lines.append(f"{indent}{self.kernel(function)}({text})")
         return lines
+
+    def dim(self, value: int) -> str:
+        """An integer of the network (a size, an offset, a flag) as generated code."""
+        self.dims.append(int(value))
+        return f"dims[{len(self.dims) - 1}]"
+
+    def shape(self, shape: tuple[int, ...]) -> str:
+        return ", ".join(self.dim(d) for d in shape) + ("," if len(shape) == 1 else "")
+
+    def number_arg(self, value: Any) -> str:
+        """A number a layer passes to a kernel, as generated code: flags and integers from
+        `dims` (a flag as 0 or 1, so kernels see int64 both ways), floats from `reals`."""
+        if isinstance(value, (bool, np.bool_, int, np.integer)):
+            return self.dim(int(value))
+        if isinstance(value, (float, np.floating)):
+            self.reals.append(float(value))
+            return f"reals[{len(self.reals) - 1}]"
+        raise TypeError(f"kernel arguments must be arrays or numbers, received {type(value).__name__}")
 
     def readers(self, index: int, stop: int) -> list[int]:
         """The layers among layers[:stop] that read layer `index`'s output."""
@@ -209,9 +233,9 @@ class Generator:
             reads = [outputs[s] if s >= 0 else "x" for s in layer.sources]
             inputs.append(reads)
             kind = comment_text(layer.config.type)
-            lines.append(f"{indent}# layer {index} ({kind}) -> {layer.output_shape}")
+            lines.append(f"{indent}# layer {index} ({kind})")
             if layer.view:
-                lines.append(f"{indent}V{index} = {reads[0]}.reshape((n, {shape_text(layer.output_shape)}))")
+                lines.append(f"{indent}V{index} = {reads[0]}.reshape((n, {self.shape(layer.output_shape)}))")
                 outputs.append(f"V{index}")
                 continue
             outputs.append(self.ref(index, layer.forward_result, reads, ""))
@@ -288,7 +312,7 @@ class Generator:
                 terms[index - 1] = [current]
                 continue
             if layer.view:
-                lines.append(f"{indent}GV{index} = {current}.reshape((n, {shape_text(layer.input_shape)}))")
+                lines.append(f"{indent}GV{index} = {current}.reshape((n, {self.shape(layer.input_shape)}))")
                 results = [f"GV{index}"]
             else:
                 wanted = need_grad_x or any(source >= 0 for source in layer.sources)
@@ -306,48 +330,44 @@ class Generator:
             return lines, None
         return lines, self.gradient_sum(-1, terms[-1], indent, lines)
 
-    def views(self, indent: str) -> list[str]:
-        lines = []
+    def views(self, indent: str) -> dict[str, str]:
+        """The line making each array a view of its pool, by the array's identifier."""
+        lines = {}
         for kind, pool, offsets in (
             ("param", "params", self.net.param_offsets),
             ("grad", "grads", self.net.param_offsets),
             ("state", "state", self.net.state_offsets),
         ):
             for key, (offset, shape) in offsets.items():
-                size = math.prod(shape)
-                lines.append(
-                    f"{indent}{self.array(kind, None, key)} = {pool}[{offset}:{offset + size}]"
-                    f".reshape(({shape_text(shape)}))"
-                )
+                name = self.array(kind, None, key)
+                start, stop = self.dim(offset), self.dim(offset + math.prod(shape))
+                lines[name] = f"{indent}{name} = {pool}[{start}:{stop}].reshape(({self.shape(shape)}))"
         for name, slot in self.layout.slots.items():
-            size = math.prod(slot.shape)
+            start, stop = self.dim(slot.offset), self.dim(slot.offset + math.prod(slot.shape))
+            shape = self.shape(slot.shape)
             if slot.per_example:
-                lines.append(
-                    f"{indent}{name} = {slot.pool}[n * {slot.offset}:n * {slot.offset + size}]"
-                    f".reshape((n, {shape_text(slot.shape)}))"
-                )
+                lines[name] = f"{indent}{name} = {slot.pool}[n * {start}:n * {stop}].reshape((n, {shape}))"
             else:
-                lines.append(
-                    f"{indent}{name} = {slot.pool}[{slot.offset}:{slot.offset + size}]"
-                    f".reshape(({shape_text(slot.shape)}))"
-                )
+                lines[name] = f"{indent}{name} = {slot.pool}[{start}:{stop}].reshape(({shape}))"
         return lines
 
-    def function(self, name: str, leading: str, doc: list[str], code: list[str]) -> list[str]:
+    def function(
+        self, name: str, leading: str, doc: list[str], code: list[str], views: dict[str, str]
+    ) -> list[str]:
         """One @njit function: its docstring, the views its code uses, then the code. It takes
         `leading` and then only the pools those use (see POOLS): each view and each argument
         costs a little on every call, and for a batch of one that adds up."""
         ind = "    "
         text = "\n".join(code)
-        views = [line for line in self.views(ind) if re.search(rf"\b{line.split('=')[0].strip()}\b", text)]
-        used = "\n".join([*views, text])
+        used_views = [line for array, line in views.items() if re.search(rf"\b{array}\b", text)]
+        used = "\n".join([*used_views, text])
         pools = tuple(pool for pool in POOLS if re.search(rf"\b{pool}\b", used))
         self.signatures[name] = pools
         return [
             "", "", "@njit(cache=True, nogil=True)", f"def {name}({', '.join([leading, *pools])}):",
             *([f'{ind}"""{doc[0]}"""'] if len(doc) == 1 else
               [f'{ind}"""{doc[0]}', *(f"{ind}{line}" for line in doc[1:-1]), f'{ind}{doc[-1]}"""']),
-            f"{ind}n = x.shape[0]", *views, *code,
+            f"{ind}n = x.shape[0]", *used_views, *code,
         ]  # fmt: skip
 
     def source(self) -> str:
@@ -355,47 +375,51 @@ class Generator:
         head = net.head
         ind = "    "
         loss = self.kernel(loss_kernel())
-        body: list[str] = []
+        functions: list[tuple[str, str, list[str], list[str]]] = []
 
         lines, _, outs = self.forward_lines(head, False, ind, inference_only=True)
-        body += self.function(
-            "predict",
-            "x, probs",
-            ["Class probabilities of x (N, C, H, W) into probs (N, classes)."],
-            [*lines, f"{ind}{self.kernel(softmax_forward())}({outs[-1]}, probs)"],
+        functions.append(
+            (
+                "predict",
+                "x, probs",
+                ["Class probabilities of x (N, C, H, W) into probs (N, classes)."],
+                [*lines, f"{ind}{self.kernel(softmax_forward())}({outs[-1]}, probs)"],
+            )
         )
         train_lines, _, outs_train = self.forward_lines(len(net.layers), True, ind * 2)
         infer_lines, _, outs_infer = self.forward_lines(len(net.layers), False, ind)
-        body += self.function(
+        functions.append((
             "forward", "x, training",
             ["The last layer's output for x, in training or inference mode."],
             [f"{ind}if training:", *train_lines, f"{ind * 2}return {outs_train[-1]}",
              *infer_lines, f"{ind}return {outs_infer[-1]}"],
-        )  # fmt: skip
+        ))  # fmt: skip
         views, saved, _ = self.forward_lines(len(net.layers), True, ind, compute=False)
         backward, grad_x = self.backward_lines(len(net.layers), saved, "grad", True, ind)
-        body += self.function(
+        functions.append((
             "backward", "grad, x",
             ["dL/dx from dL/d(output) after a forward in training mode; fills every", "parameter gradient."],
             [*views, *backward, f"{ind}return {grad_x}"],
-        )  # fmt: skip
+        ))  # fmt: skip
         lines, saved, outs = self.forward_lines(head, True, ind)
         backward, _ = self.backward_lines(head, saved, "grad_logits", False, ind)
-        body += self.function(
+        functions.append((
             "train_step", "x, labels, grad_scale",
             ["Forward, softmax cross-entropy from the logits, backward; returns the summed",
              "loss and the number of correct predictions. Gradients are scaled by grad_scale."],
             [*lines, f"{ind}loss, correct = {loss}({outs[-1]}, labels, grad_logits, grad_scale)",
              *backward, f"{ind}return loss, correct"],
-        )  # fmt: skip
+        ))  # fmt: skip
         lines, _, outs = self.forward_lines(head, False, ind, inference_only=True)
-        body += self.function(
+        functions.append((
             "evaluate", "x, labels, predictions",
             ["Summed loss and correct count of x in inference mode; the predicted class",
              "of every row goes to predictions."],
             [*lines, f"{ind}{self.kernel(argmax_kernel())}({outs[-1]}, predictions)",
              f"{ind}return {loss}({outs[-1]}, labels, grad_logits, 0.0)"],
-        )  # fmt: skip
+        ))  # fmt: skip
+        views = self.views(ind)  # after the code: backward adds the arrays summing gradients
+        body = [line for function in functions for line in self.function(*function, views)]
 
         imports = [
             f"from {fn.__module__} import {fn.__name__} as {alias}" for fn, alias in self.kernels.items()
@@ -447,26 +471,10 @@ def argmax_kernel() -> Any:
     return argmax_rows
 
 
-def literal(value: Any) -> str:
-    """A number as generated code. Typed numbers rather than bare literals: numba compiles a
-    kernel once per argument type, but once per value for literals."""
-    if isinstance(value, (bool, np.bool_)):
-        return f"np.bool_({bool(value)})"
-    if isinstance(value, (int, np.integer)):
-        return f"np.int64({int(value)})"
-    if isinstance(value, (float, np.floating)):
-        return f"np.float64({float(value)!r})"
-    raise TypeError(f"kernel arguments must be arrays or numbers, received {type(value).__name__}")
-
-
 def comment_text(text: str) -> str:
     """Text for a comment of the generated code: plain words as they are, anything else
     (a newline, say, from a plugin's type name) escaped."""
     return text if re.fullmatch(r"[A-Za-z0-9_\-]+", text) else ascii(text)
-
-
-def shape_text(shape: tuple[int, ...]) -> str:
-    return ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "")
 
 
 def load_module(source: str) -> ModuleType:
@@ -518,6 +526,8 @@ class Plan:
         self.source = generator.source()
         self.layout = generator.layout
         self.signatures = generator.signatures
+        self.dims = np.array(generator.dims, np.int64)
+        self.reals = np.array(generator.reals, np.float64)
         self.module = load_module(self.source)
         self.workspaces: dict[int, Workspace] = {}
         # Counts workspace replacements, so callers holding on to the old arrays rebind.
@@ -546,6 +556,7 @@ class Plan:
         pools = {
             "params": net.flat_params, "grads": space.grads, "state": net.flat_state, "ws": space.ws,
             "iws": space.iws, "sws": space.sws, "siws": space.siws, "random": net.random, "offset": offset,
+            "dims": self.dims, "reals": self.reals,
         }  # fmt: skip
         return tuple(pools[name] for name in self.signatures[function])
 

@@ -260,7 +260,9 @@ class Layer:
     def _run(self, calls: list[Call], n: int, result: Any, x: Any, grad_out: np.ndarray | None) -> Any:
         def resolve(arg: Any) -> Any:
             if not isinstance(arg, Ref):
-                return arg
+                # A flag as 0 or 1, as the compiled plan passes it (cnntool.plan): one
+                # compiled kernel serves both ways.
+                return int(arg) if isinstance(arg, (bool, np.bool_)) else arg
             if arg.kind == "x":
                 return x[int(arg.name)] if arg.name else x
             if arg.kind == "grad_out":
