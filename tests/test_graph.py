@@ -6,11 +6,11 @@ import os
 
 import numpy as np
 import pytest
+from torch_graph import torch_graph, torch_weights
 
 import cnntool
 from cnntool.errors import SpecError
 from cnntool.spec import validate_spec
-from graph_torch import torch_graph, torch_weights
 
 
 def block(name, source, filters, stride=1):

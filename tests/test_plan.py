@@ -274,3 +274,14 @@ def test_one_workspace_per_thread_whatever_the_batch_sizes(root, rng):
         np.testing.assert_allclose(net.predict_proba(x)[:3], small, rtol=1e-5, atol=1e-7)
     finally:
         set_threads(None)
+
+
+def test_kernel_calls_are_checked_against_the_kernel_signature():
+    from cnntool.kernels.activation import relu_forward
+    from cnntool.layers import Call, X, buf
+
+    call = Call(relu_forward, out=buf("out"), x=X)
+    kernel, args = call
+    assert kernel is relu_forward and args == (X, buf("out"))  # in the kernel's order
+    with pytest.raises(TypeError, match=r"kernel relu_forward\(x, out\): missing out; unknown output"):
+        Call(relu_forward, x=X, output=buf("out"))

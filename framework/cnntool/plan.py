@@ -37,12 +37,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cnntool.layers.base import Array, Layer, Ref
-from cnntool.layers.maxpool2d import MaxPool2D
-from cnntool.layers.relu import ReLU
 
-# A ReLU that follows a layer able to apply it (conv2d) runs inside that layer's kernels:
-# the layer writes straight into the ReLU's output buffer and masks the gradient itself,
-# saving a pass over the activations each way.
+# An activation that follows a layer able to apply it (Layer.fuses) runs inside that layer's
+# kernels: the layer writes straight into the activation's output buffer and masks the
+# gradient itself, saving a pass over the activations each way.
 NEXT_OUT = Ref("next_buf", "out", 1)
 
 CACHE_ENV = "CNNTOOL_CACHE_DIR"
@@ -244,7 +242,7 @@ class Generator:
                 continue
             if inference_only and self.fused_pool(index, stop):
                 pooled = index + 2
-                calls = layer.relu_pool_calls(Ref("next_buf", "out", 2))
+                calls = layer.activation_pool_calls(Ref("next_buf", "out", 2))
             elif self.fused(index - 1, stop):  # the layer before computed this ReLU already
                 lines[-1] += " (applied by the layer before)"
                 continue
@@ -256,30 +254,29 @@ class Generator:
                 lines += self.emit_calls(index, calls, reads, "", indent)
         return lines, inputs, outputs
 
-    def fused(self, index: int, stop: int) -> bool:
-        """Whether layer `index` computes the ReLU layer after it too: a layer able to, read
-        only by that ReLU, which reads only it (all inside layers[:stop])."""
+    def chained(self, index: int, stop: int) -> bool:
+        """Whether layer index + 1 reads only layer `index`, which nothing else reads (both
+        inside layers[:stop]): only then may one kernel compute the two."""
         layers = self.net.layers
         return (
             0 <= index < stop - 1
-            and getattr(layers[index], "fuses_relu", False)
-            and isinstance(layers[index + 1], ReLU)
             and layers[index + 1].sources == (index,)
             and self.readers(index, stop) == [index + 1]
         )
 
+    def fused(self, index: int, stop: int) -> bool:
+        """Whether layer `index` computes the activation after it too (Layer.fuses)."""
+        layers = self.net.layers
+        return self.chained(index, stop) and layers[index].fuses(layers[index + 1])
+
     def fused_pool(self, index: int, stop: int) -> bool:
-        """Whether layers index, index+1, index+2 are a conv2d able to fuse, its ReLU and a 2x2
-        max-pool of stride 2 reading only that ReLU, all inside layers[:stop]."""
+        """Whether layer `index` computes the activation and the pooling after it too, for
+        inference (Layer.fuses_pool)."""
         layers = self.net.layers
         return (
-            self.fused(index, stop)
-            and index < stop - 2
-            and hasattr(layers[index], "relu_pool_calls")
-            and type(layers[index + 2]) is MaxPool2D
-            and layers[index + 2].window == (2, 2, 2, 2)
-            and layers[index + 2].sources == (index + 1,)
-            and self.readers(index + 1, stop) == [index + 2]
+            self.chained(index, stop)
+            and self.chained(index + 1, stop)
+            and layers[index].fuses_pool(layers[index + 1], layers[index + 2])
         )
 
     def gradient_sum(self, index: int, terms: list[str], indent: str, lines: list[str]) -> str:

@@ -23,6 +23,7 @@ from cnntool.layers.base import (
     param,
     scratch,
     state,
+    xs,
 )
 
 __all__ = [
@@ -45,4 +46,5 @@ __all__ = [
     "param",
     "scratch",
     "state",
+    "xs",
 ]

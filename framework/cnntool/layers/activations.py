@@ -27,12 +27,12 @@ class Sigmoid(Layer):
         return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
 
     def forward_calls(self, training: bool) -> list[Call]:
-        return [(self.kernels[0], (X, buf("out")))]
+        return [Call(self.kernels[0], x=X, out=buf("out"))]
 
     def backward_calls(self, need_grad_x: bool) -> list[Call]:
         if not need_grad_x:
             return []
-        return [(self.kernels[1], (GRAD_OUT, buf("out"), buf("grad_x")))]
+        return [Call(self.kernels[1], grad_out=GRAD_OUT, out=buf("out"), grad_x=buf("grad_x"))]
 
     def flops(self, input_shape: Shape) -> int:
         return 4 * math.prod(input_shape)

@@ -24,19 +24,20 @@ class AvgPool2D(MaxPool2D):
     AvgPool2d without padding; dx spreads each gradient evenly over its window."""
 
     Config = AvgPool2DConfig
+    reduction = "mean"
 
     def buffers(self) -> dict[str, Array]:
         return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
 
     def forward_calls(self, training: bool) -> list[Call]:
         ph, pw, sh, sw = self.window
-        return [(avgpool2d_forward, (X, ph, pw, sh, sw, buf("out")))]
+        return [Call(avgpool2d_forward, x=X, ph=ph, pw=pw, sh=sh, sw=sw, out=buf("out"))]
 
     def backward_calls(self, need_grad_x: bool) -> list[Call]:
         if not need_grad_x:
             return []
         ph, pw, sh, sw = self.window
-        return [(avgpool2d_backward, (GRAD_OUT, ph, pw, sh, sw, buf("grad_x")))]
+        return [Call(avgpool2d_backward, grad_out=GRAD_OUT, ph=ph, pw=pw, sh=sh, sw=sw, grad_x=buf("grad_x"))]
 
     def flops(self, input_shape: Shape) -> int:
         ph, pw, _, _ = self.window
@@ -62,12 +63,12 @@ class GlobalAvgPool2D(Layer):
         return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
 
     def forward_calls(self, training: bool) -> list[Call]:
-        return [(global_avgpool2d_forward, (X, buf("out")))]
+        return [Call(global_avgpool2d_forward, x=X, out=buf("out"))]
 
     def backward_calls(self, need_grad_x: bool) -> list[Call]:
         if not need_grad_x:
             return []
-        return [(global_avgpool2d_backward, (GRAD_OUT, buf("grad_x")))]
+        return [Call(global_avgpool2d_backward, grad_out=GRAD_OUT, grad_x=buf("grad_x"))]
 
     def flops(self, input_shape: Shape) -> int:
         return math.prod(input_shape)

@@ -34,8 +34,10 @@ flat array of the network after `build`: always reach them through `self.params[
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -64,7 +66,47 @@ class Array(NamedTuple):
     dtype: Any = np.float32
 
 
-Call = tuple[Callable, tuple[Any, ...]]
+class Call:
+    """One kernel call of a layer, its arguments given by the kernel's parameter names:
+
+        Call(relu_forward, x=X, out=buf("out"))
+
+    checked against the kernel's signature when the call is made (when the layer declares
+    it), so a missing, misspelt or extra argument is an error naming the kernel and the
+    parameter, not a wrong array silently passed in a position. `kernel, args = call`
+    gives the kernel and its arguments in the kernel's order."""
+
+    __slots__ = ("args", "kernel")
+
+    def __init__(self, kernel: Callable, /, **arguments: Any) -> None:
+        names = kernel_parameters(kernel)
+        missing = [name for name in names if name not in arguments]
+        unknown = [name for name in arguments if name not in names]
+        if missing or unknown:
+            problems = [
+                f"missing {', '.join(missing)}" if missing else "",
+                f"unknown {', '.join(unknown)}" if unknown else "",
+            ]
+            raise TypeError(
+                f"a call of kernel {getattr(kernel, '__name__', kernel)}({', '.join(names)}): "
+                + "; ".join(p for p in problems if p)
+            )
+        self.kernel = kernel
+        self.args = tuple(arguments[name] for name in names)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.kernel, self.args))
+
+    def __repr__(self) -> str:
+        return f"Call({getattr(self.kernel, '__name__', self.kernel)}, {self.args})"
+
+
+@functools.cache
+def kernel_parameters(kernel: Callable) -> tuple[str, ...]:
+    """The parameter names of a kernel (of the Python function a numba dispatcher wraps)."""
+    return tuple(inspect.signature(getattr(kernel, "py_func", kernel)).parameters)
+
+
 X = Ref("x")
 GRAD_OUT = Ref("grad_out")
 # For layers that draw random numbers (dropout): the network's random stream, an int64
@@ -142,6 +184,11 @@ class Layer:
     multi_input: ClassVar[bool] = False
     # How many inputs a layer takes: (fewest, most); None for no upper bound.
     arity: ClassVar[tuple[int, int | None]] = (1, 1)
+    # For an elementwise activation: its name ("relu"), which a layer before it may apply
+    # inside its own kernels instead (see `fuses`).
+    epilogue: ClassVar[str | None] = None
+    # For a pooling layer: "max" or "mean", for layers that fuse a pooling after them.
+    reduction: ClassVar[str | None] = None
 
     def __init__(self, config: LayerConfig) -> None:
         self.config = config
@@ -223,6 +270,22 @@ class Layer:
         """The kernel calls of the backward pass; with need_grad_x false the layer may skip
         computing its input gradient (it is the first layer)."""
         return None
+
+    # --- fusion: declared by the layer whose kernels do the work of the next ones ----------
+
+    def fuses(self, activation: Layer) -> bool:
+        """Whether this layer's kernels can apply `activation`, the layer right after it (and
+        its only reader), themselves: then the compiled plan calls
+        `forward_calls(training, relu_into=<the activation's output>)` and
+        `backward_calls(need_grad_x, relu_output=<the activation's output>)`, and runs no
+        kernel for the activation."""
+        return False
+
+    def fuses_pool(self, activation: Layer, pool: Layer) -> bool:
+        """Whether, for inference, this layer's kernels can compute `activation` and then
+        `pool` (the two layers after it, each the only reader of the one before) in one
+        pass: the plan then calls `activation_pool_calls(<the pool's output>)`."""
+        return False
 
     # --- computing -------------------------------------------------------------------------
 

@@ -93,19 +93,21 @@ class BatchNorm2D(Layer):
         return {"mean": Array((channels,)), "inv_std": Array((channels,)), "mode": Array((1,))}
 
     def forward_calls(self, training: bool) -> list[Call]:
-        args = (
-            X, param("weight"), param("bias"), state("running_mean"), state("running_var"), training,
-            float(self.config.momentum), float(self.config.eps), scratch("mean"), scratch("inv_std"),
-            scratch("mode"), buf("out"),
+        call = Call(
+            batchnorm_forward, x=X, weight=param("weight"), bias=param("bias"),
+            running_mean=state("running_mean"), running_var=state("running_var"), training=training,
+            momentum=float(self.config.momentum), eps=float(self.config.eps), mean=scratch("mean"),
+            inv_std=scratch("inv_std"), mode=scratch("mode"), out=buf("out"),
         )  # fmt: skip
-        return [(batchnorm_forward, args)]
+        return [call]
 
     def backward_calls(self, need_grad_x: bool) -> list[Call]:
-        args = (
-            GRAD_OUT, X, param("weight"), scratch("mean"), scratch("inv_std"), scratch("mode"), need_grad_x,
-            grad("weight"), grad("bias"), buf("grad_x"),
+        call = Call(
+            batchnorm_backward, grad_out=GRAD_OUT, x=X, weight=param("weight"), mean=scratch("mean"),
+            inv_std=scratch("inv_std"), mode=scratch("mode"), need_grad_x=need_grad_x,
+            grad_weight=grad("weight"), grad_bias=grad("bias"), grad_x=buf("grad_x"),
         )  # fmt: skip
-        return [(batchnorm_backward, args)]
+        return [call]
 
     def flops(self, input_shape: Shape) -> int:
         return 2 * math.prod(input_shape)

@@ -124,10 +124,15 @@ class Conv2D(Layer):
     # multiplications, which pays once the matrix products dominate the transforms.
     WINOGRAD_MIN_PAIRS = 512
 
-    @property
-    def fuses_relu(self) -> bool:
-        """Whether a ReLU layer right after this one can be computed by this layer's kernels."""
-        return self.wide
+    def fuses(self, activation: Layer) -> bool:
+        """A ReLU after a stride-1 convolution is applied by the wide kernels as they write
+        the output, and masks the gradient in backward: one pass less each way."""
+        return self.wide and activation.epilogue == "relu"
+
+    def fuses_pool(self, activation: Layer, pool: Layer) -> bool:
+        """For inference, a ReLU and a 2x2 max-pool of stride 2 after a stride-1 convolution
+        are one pass over the product (conv2d_relu_pool_wide)."""
+        return self.fuses(activation) and pool.reduction == "max" and pool.window == (2, 2, 2, 2)
 
     @property
     def wide(self) -> bool:
@@ -202,57 +207,64 @@ class Conv2D(Layer):
             arrays["no_bias"] = Array((filters,))
         return arrays
 
+    def common(self) -> dict:
+        """Arguments every kernel of this layer takes."""
+        top, left, _, _ = self.padding(self.input_shape)
+        bias = param("bias") if self.config.use_bias else scratch("no_bias")
+        return {"weight": param("weight"), "use_bias": self.config.use_bias, "pad_top": top, "pad_left": left,
+                "bias": bias}  # fmt: skip
+
     def forward_calls(self, training: bool, relu_into: Ref | None = None) -> list[Call]:
         """The forward kernel; with `relu_into` (a following ReLU layer's output buffer, when
         the plan fuses the two) it applies the ReLU and writes there."""
-        sh, sw = pair(self.config.stride)
-        top, left, _, _ = self.padding(self.input_shape)
-        bias = param("bias") if self.config.use_bias else scratch("no_bias")
+        out = relu_into if relu_into is not None else buf("out")
+        relu = relu_into is not None
         if self.winograd:
-            out = relu_into if relu_into is not None else buf("out")
-            args = (X, param("weight"), bias, self.config.use_bias, relu_into is not None, top, left,
-                    scratch("padded"), scratch("cols"), scratch("full"), scratch("wino_u"),
-                    scratch("wino_padded"), scratch("wino_v"), scratch("wino_m"), out)  # fmt: skip
-            return [(conv2d_forward_3x3, args)]
+            return [
+                Call(conv2d_forward_3x3, x=X, **self.common(), relu=relu, padded=scratch("padded"),
+                     columns=scratch("cols"), full=scratch("full"), u=scratch("wino_u"),
+                     tiles_padded=scratch("wino_padded"), v=scratch("wino_v"), m=scratch("wino_m"), out=out)
+            ]  # fmt: skip
         if self.wide:
             columns = buf("cols") if self.keep_columns else scratch("cols")
-            out = relu_into if relu_into is not None else buf("out")
-            args = (X, param("weight"), bias, self.config.use_bias, self.keep_columns, relu_into is not None,
-                    top, left, scratch("padded"), columns, scratch("full"), out)  # fmt: skip
-            return [(conv2d_forward_wide, args)]
-        args = (X, param("weight"), bias, self.config.use_bias, sh, sw, top, left, buf("cols"), buf("out"))
-        return [(conv2d_forward, args)]
+            return [
+                Call(conv2d_forward_wide, x=X, **self.common(), keep=self.keep_columns, relu=relu,
+                     padded=scratch("padded"), columns=columns, full=scratch("full"), out=out)
+            ]  # fmt: skip
+        sh, sw = pair(self.config.stride)
+        return [Call(conv2d_forward, x=X, **self.common(), sh=sh, sw=sw, cols=buf("cols"), out=buf("out"))]
 
-    def relu_pool_calls(self, pooled: Ref) -> list[Call]:
+    def activation_pool_calls(self, pooled: Ref) -> list[Call]:
         """Inference of this layer, a ReLU and a 2x2 max-pool after it, into `pooled` (the
         pool's output buffer): one pass over the product instead of three."""
-        top, left, _, _ = self.padding(self.input_shape)
-        bias = param("bias") if self.config.use_bias else scratch("no_bias")
         columns = buf("cols") if self.keep_columns else scratch("cols")
-        args = (X, param("weight"), bias, self.config.use_bias, top, left,
-                scratch("padded"), columns, scratch("full"), pooled)  # fmt: skip
-        return [(conv2d_relu_pool_wide, args)]
+        return [
+            Call(conv2d_relu_pool_wide, x=X, **self.common(), padded=scratch("padded"), columns=columns,
+                 full=scratch("full"), out=pooled)
+        ]  # fmt: skip
 
     def backward_calls(self, need_grad_x: bool, relu_output: Ref | None = None) -> list[Call]:
         """The backward kernel; with `relu_output` (the fused ReLU's output buffer) grad_out
         is the gradient after the ReLU, masked here."""
-        sh, sw = pair(self.config.stride)
-        top, left, _, _ = self.padding(self.input_shape)
+        common = self.common()
+        del common["bias"]
         grad_bias = grad("bias") if self.config.use_bias else scratch("no_bias")
         if self.wide:
             columns = buf("cols") if self.keep_columns else scratch("cols")
             activated = relu_output if relu_output is not None else buf("out")
-            args = (
-                GRAD_OUT, X, param("weight"), self.config.use_bias, self.keep_columns, need_grad_x,
-                relu_output is not None, activated, top, left, scratch("padded"), scratch("padded_grad"),
-                columns, scratch("full"), grad("weight"), grad_bias, buf("grad_x"),
-            )  # fmt: skip
-            return [(conv2d_backward_wide, args)]
-        args = (
-            GRAD_OUT, param("weight"), buf("cols"), self.config.use_bias, need_grad_x, sh, sw, top, left,
-            scratch("grad_cols"), scratch("weight_step"), grad("weight"), grad_bias, buf("grad_x"),
-        )  # fmt: skip
-        return [(conv2d_backward, args)]
+            return [
+                Call(conv2d_backward_wide, grad_out=GRAD_OUT, x=X, **common, keep=self.keep_columns,
+                     need_grad_x=need_grad_x, relu=relu_output is not None, activated=activated,
+                     padded=scratch("padded"), padded_grad=scratch("padded_grad"), columns=columns,
+                     full=scratch("full"), grad_weight=grad("weight"), grad_bias=grad_bias,
+                     grad_x=buf("grad_x"))
+            ]  # fmt: skip
+        sh, sw = pair(self.config.stride)
+        return [
+            Call(conv2d_backward, grad_out=GRAD_OUT, **common, cols=buf("cols"), need_grad_x=need_grad_x,
+                 sh=sh, sw=sw, grad_cols=scratch("grad_cols"), weight_step=scratch("weight_step"),
+                 grad_weight=grad("weight"), grad_bias=grad_bias, grad_x=buf("grad_x"))
+        ]  # fmt: skip
 
     def flops(self, input_shape: Shape) -> int:
         filters, oh, ow = self.compute_output_shape(input_shape)

@@ -74,25 +74,24 @@ class Dense(Layer):
 
     def forward_calls(self, training: bool) -> list[Call]:
         bias = param("bias") if self.config.use_bias else scratch("no_bias")
-        return [(dense_forward, (X, param("weight"), bias, self.config.use_bias, buf("out")))]
+        return [
+            Call(
+                dense_forward,
+                x=X,
+                weight=param("weight"),
+                bias=bias,
+                use_bias=self.config.use_bias,
+                out=buf("out"),
+            )
+        ]
 
     def backward_calls(self, need_grad_x: bool) -> list[Call]:
         grad_bias = grad("bias") if self.config.use_bias else scratch("no_bias")
-        return [
-            (
-                dense_backward,
-                (
-                    GRAD_OUT,
-                    X,
-                    param("weight"),
-                    self.config.use_bias,
-                    need_grad_x,
-                    grad("weight"),
-                    grad_bias,
-                    buf("grad_x"),
-                ),
-            )
-        ]
+        call = Call(
+            dense_backward, grad_out=GRAD_OUT, x=X, weight=param("weight"), use_bias=self.config.use_bias,
+            need_grad_x=need_grad_x, grad_weight=grad("weight"), grad_bias=grad_bias, grad_x=buf("grad_x"),
+        )  # fmt: skip
+        return [call]
 
     def flops(self, input_shape: Shape) -> int:
         return 2 * input_shape[0] * self.config.units + (self.config.units if self.config.use_bias else 0)

@@ -59,28 +59,20 @@ class Dropout(Layer):
         return {"mode": Array((1,))}  # whether the last forward was in training mode
 
     def forward_calls(self, training: bool) -> list[Call]:
-        args = (
-            X,
-            float(self.config.rate),
-            self.salt,
-            RANDOM,
-            OFFSET,
-            training,
-            scratch("mode"),
-            buf("mask"),
-            buf("out"),
-        )
-        return [(dropout_forward, args)]
+        call = Call(
+            dropout_forward, x=X, rate=float(self.config.rate), salt=self.salt, random=RANDOM, offset=OFFSET,
+            training=training, mode=scratch("mode"), mask=buf("mask"), out=buf("out"),
+        )  # fmt: skip
+        return [call]
 
     def backward_calls(self, need_grad_x: bool) -> list[Call]:
         if not need_grad_x:
             return []
-        return [
-            (
-                dropout_backward,
-                (GRAD_OUT, buf("mask"), float(self.config.rate), scratch("mode"), buf("grad_x")),
-            )
-        ]
+        call = Call(
+            dropout_backward, grad_out=GRAD_OUT, mask=buf("mask"), rate=float(self.config.rate),
+            mode=scratch("mode"), grad_x=buf("grad_x"),
+        )  # fmt: skip
+        return [call]
 
     def flops(self, input_shape: Shape) -> int:
         return math.prod(input_shape)

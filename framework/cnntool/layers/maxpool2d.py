@@ -38,6 +38,7 @@ class MaxPool2D(Layer):
 
     Config = MaxPool2DConfig
     config: MaxPool2DConfig
+    reduction = "max"
 
     @classmethod
     def examples(cls) -> list[tuple[dict, Shape]]:
@@ -74,13 +75,24 @@ class MaxPool2D(Layer):
 
     def forward_calls(self, training: bool) -> list[Call]:
         ph, pw, sh, sw = self.window
-        return [(maxpool2d_forward, (X, ph, pw, sh, sw, buf("out"), buf("code")))]
+        return [Call(maxpool2d_forward, x=X, ph=ph, pw=pw, sh=sh, sw=sw, out=buf("out"), code=buf("code"))]
 
     def backward_calls(self, need_grad_x: bool) -> list[Call]:
         if not need_grad_x:
             return []
         ph, pw, sh, sw = self.window
-        return [(maxpool2d_backward, (GRAD_OUT, buf("code"), ph, pw, sh, sw, buf("grad_x")))]
+        return [
+            Call(
+                maxpool2d_backward,
+                grad_out=GRAD_OUT,
+                code=buf("code"),
+                ph=ph,
+                pw=pw,
+                sh=sh,
+                sw=sw,
+                grad_x=buf("grad_x"),
+            )
+        ]
 
     def flops(self, input_shape: Shape) -> int:
         ph, pw = pair(self.config.pool_size)

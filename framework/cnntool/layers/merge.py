@@ -52,8 +52,8 @@ class Add(Layer):
         return {"out": Array(self.output_shape)}
 
     def forward_calls(self, training: bool) -> list[Call]:
-        calls: list[Call] = [(add_forward, (xs(0), xs(1), buf("out")))]
-        calls += [(add_into, (buf("out"), xs(k))) for k in range(2, len(self.input_shape))]
+        calls = [Call(add_forward, a=xs(0), b=xs(1), out=buf("out"))]
+        calls += [Call(add_into, out=buf("out"), a=xs(k)) for k in range(2, len(self.input_shape))]
         return calls
 
     def backward_calls(self, need_grad_x: bool) -> list[Call]:
@@ -127,11 +127,15 @@ class Concat(Layer):
         return arrays
 
     def forward_calls(self, training: bool) -> list[Call]:
-        return [(concat_forward, (xs(k), start, buf("out"))) for k, start in enumerate(self.starts())]
+        return [
+            Call(concat_forward, x=xs(k), start=start, out=buf("out"))
+            for k, start in enumerate(self.starts())
+        ]
 
     def backward_calls(self, need_grad_x: bool) -> list[Call]:
         return [
-            (concat_backward, (GRAD_OUT, start, buf(f"grad_x{k}"))) for k, start in enumerate(self.starts())
+            Call(concat_backward, grad_out=GRAD_OUT, start=start, grad_x=buf(f"grad_x{k}"))
+            for k, start in enumerate(self.starts())
         ]
 
     def backward_results(self) -> list[Ref]:

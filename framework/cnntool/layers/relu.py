@@ -17,17 +17,18 @@ class ReLU(Layer):
     """y = max(x, 0); dy/dx = 1 where x > 0, else 0."""
 
     Config = ReLUConfig
+    epilogue = "relu"  # a convolution before it applies it in its own kernels (Conv2D.fuses)
 
     def buffers(self) -> dict[str, Array]:
         return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
 
     def forward_calls(self, training: bool) -> list[Call]:
-        return [(relu_forward, (X, buf("out")))]
+        return [Call(relu_forward, x=X, out=buf("out"))]
 
     def backward_calls(self, need_grad_x: bool) -> list[Call]:
         if not need_grad_x:
             return []
-        return [(relu_backward, (GRAD_OUT, buf("out"), buf("grad_x")))]
+        return [Call(relu_backward, grad_out=GRAD_OUT, out=buf("out"), grad_x=buf("grad_x"))]
 
     def flops(self, input_shape: Shape) -> int:
         return math.prod(input_shape)

@@ -33,12 +33,12 @@ class Softmax(Layer):
         return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
 
     def forward_calls(self, training: bool) -> list[Call]:
-        return [(softmax_forward, (X, buf("out")))]
+        return [Call(softmax_forward, x=X, out=buf("out"))]
 
     def backward_calls(self, need_grad_x: bool) -> list[Call]:
         if not need_grad_x:
             return []
-        return [(softmax_backward, (GRAD_OUT, buf("out"), buf("grad_x")))]
+        return [Call(softmax_backward, grad_out=GRAD_OUT, out=buf("out"), grad_x=buf("grad_x"))]
 
     def flops(self, input_shape: Shape) -> int:
         return 4 * input_shape[0]

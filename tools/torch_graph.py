@@ -1,5 +1,6 @@
-"""The same graph network in PyTorch: a module that runs a cnntool network's layers with
-torch operations, holding copies of its weights, for comparing the two on one input."""
+"""The same network in PyTorch: a module that runs a cnntool network's layers (a stack or a
+graph) with torch operations, holding copies of its weights, for comparing the two on the
+same input (tests/test_graph.py) and timing them side by side (tools/bench.py)."""
 
 from typing import Any
 
@@ -31,7 +32,7 @@ def torch_graph(torch: Any, net: Any) -> Any:
                     value = torch.cat(inputs, dim=1)
                 elif kind == "softmax" and index == len(net.layers) - 1:
                     value = inputs[0]  # the classifier head: the loss takes the logits
-                elif kind == "conv2d":
+                elif kind == "conv2d" and layer in padded:
                     top, left, bottom, right = layer.padding(layer.input_shape)
                     value = step(functional.pad(inputs[0], (left, right, top, bottom)))
                 else:
@@ -39,12 +40,18 @@ def torch_graph(torch: Any, net: Any) -> Any:
                 outputs[index] = value
             return outputs[len(net.layers) - 1]
 
+    padded = []  # convolutions padded more at the bottom and right than at the top and left
+
     def module_for(layer: Any) -> Any:
         config, kind = layer.config, layer.config.type
         if kind == "conv2d":
+            top, left, bottom, right = layer.padding(layer.input_shape)
+            if (top, left) != (bottom, right):
+                padded.append(layer)
+                top = left = 0
             module = nn.Conv2d(
                 layer.input_shape[0], config.filters, pair(config.kernel_size), pair(config.stride),
-                bias=config.use_bias,
+                padding=(top, left), bias=config.use_bias,
             )  # fmt: skip
         elif kind == "dense":
             module = nn.Linear(layer.input_shape[0], config.units, bias=config.use_bias)
