@@ -102,11 +102,14 @@ class TrainingRun:
         *,
         out: str | Path | None = None,
         threads: int | None = None,
+        spec: Any = None,
     ) -> TrainingRun:
         """Continue the run saved in a bundle (a checkpoint, or a finished run to extend
         with a larger `epochs`), writing to `out` (default: the bundle itself). Only the
         options in RESUMABLE may differ from the stored ones; the thread count defaults to
-        the stored one, which bit-identical results need."""
+        the stored one, which bit-identical results need. A `spec` given too (the command
+        rerun with --resume added) must be the bundle's own; its training section counts as
+        options, below `overrides`."""
         from cnntool.bundle import load_bundle
         from cnntool.data import load_dataset
         from cnntool.spec import TrainingConfig
@@ -124,6 +127,10 @@ class TrainingRun:
             stored = merge_options(None, dict(bundle.meta.get("training") or {}), TrainingConfig)
         except SpecError as exc:
             raise CnntoolError(f"{path}: cannot resume: the stored {exc}") from None
+        if spec is not None:
+            overrides = {**spec_options(check_same_spec(spec, bundle.network.spec, path)), **{
+                key: value for key, value in overrides.items() if value is not None
+            }}  # fmt: skip
         refused = [
             f"--{key.replace('_', '-')} (stored {getattr(stored, key)!r}, given {value!r})"
             for key, value in overrides.items()
@@ -338,6 +345,64 @@ def open_log(path: str | None, history: list[dict]) -> Iterator[IO[str] | None]:
         yield handle
     finally:
         handle.close()
+
+
+def check_same_spec(source: Any, stored: Any, path: Path) -> Any:
+    """The spec `source`, validated, when it describes the network stored in the bundle at
+    `path` (its training section aside, and its classes when it names none); else a
+    CnntoolError saying what differs."""
+    from cnntool.spec import validate_spec
+
+    given = validate_spec(source)
+    differences = spec_differences(stored, given)
+    if differences:
+        raise CnntoolError(
+            f"{source} is not the spec {path} was trained from: {'; '.join(differences)}; resume with "
+            f"`cnntool train --resume {path}` alone, or train the changed spec with a new --out"
+        )
+    return given
+
+
+def spec_differences(stored: Any, given: Any) -> list[str]:
+    """What differs between two validated specs, by field and by layer (index and name)."""
+    differences = []
+    for key in ("name", "input_shape", "classes"):
+        old, new = getattr(stored, key), getattr(given, key)
+        if key == "classes" and new is None:
+            continue
+        if (list(old) if isinstance(old, tuple) else old) != (list(new) if isinstance(new, tuple) else new):
+            differences.append(f"{key} (stored {short_value(old)}, given {short_value(new)})")
+    old_layers = [layer.model_dump(mode="json") for layer in stored.layers]
+    new_layers = [layer.model_dump(mode="json") for layer in given.layers]
+    if len(old_layers) != len(new_layers):
+        differences.append(f"{len(old_layers)} layers stored, {len(new_layers)} given")
+    for index, (old, new) in enumerate(zip(old_layers, new_layers, strict=False)):
+        if old == new:
+            continue
+        if old.get("type") != new.get("type"):
+            differences.append(
+                f"layer {index} is {old.get('type')} {old.get('name')!r} in the bundle, "
+                f"{new.get('type')} {new.get('name')!r} in the spec"
+            )
+            continue
+        fields = [
+            f"{field} (stored {short_value(old.get(field))}, given {short_value(new.get(field))})"
+            for field in sorted(set(old) | set(new))
+            if old.get(field) != new.get(field)
+        ]
+        differences.append(f"layer {index} {old.get('name')!r}: {', '.join(fields)}")
+    return differences
+
+
+def short_value(value: Any) -> str:
+    from cnntool.spec import short_repr
+
+    return short_repr(list(value) if isinstance(value, tuple) else value)
+
+
+def spec_options(spec: Any) -> dict[str, Any]:
+    """The training options a spec sets explicitly."""
+    return spec.training.model_dump(exclude_unset=True) if spec.training is not None else {}
 
 
 def check_output(out: Path) -> Path:

@@ -145,11 +145,7 @@ def train(
         "val_split": val_split,
     }
     if resume is not None:
-        if spec is not None:
-            raise CnntoolError(
-                f"give either a spec ({spec}) or --resume {resume}, not both: a bundle holds its spec"
-            )
-        run = TrainingRun.resume(resume, overrides, out=out, threads=threads)
+        run = TrainingRun.resume(resume, overrides, out=out, threads=threads, spec=spec)
     else:
         if spec is None:
             raise CnntoolError("missing SPEC: give a network spec file, or --resume BUNDLE to continue a run")
