@@ -101,8 +101,13 @@ class Fake:
         ),
         (
             {"input_shape": (1, 4, 4), "classes": ["cat", "dog"]},
-            {"input_shape": (1, 4, 4), "classes": ["cat", "bird"]},
-            r"class 1 of set is 'bird' but the model's class 1 is 'dog'",
+            {"input_shape": (1, 4, 4), "classes": ["cat", "bird"], "named_classes": True},
+            r"set names its classes cat, bird but the model's are cat, dog",
+        ),
+        (
+            {"input_shape": (1, 4, 4), "classes": ["0", "1", "2"]},
+            {"input_shape": (1, 4, 4), "classes": ["cat", "dog"], "named_classes": True},
+            r"set names its classes cat, dog but the model's are 0, 1, 2",
         ),
     ],
 )
@@ -111,10 +116,10 @@ def test_dataset_must_fit_the_model(net, data, message):
         check_dataset_fits(Fake(**net), Fake(name="set", **data))
 
 
-def test_numbered_classes_fit_named_ones():
+def test_data_without_class_names_fits_any_names():
     check_dataset_fits(
-        Fake(input_shape=(1, 4, 4), classes=["0", "1", "2"]),
-        Fake(name="set", input_shape=(1, 4, 4), classes=["cat", "dog"]),
+        Fake(input_shape=(1, 4, 4), classes=["cat", "dog", "bird"]),
+        Fake(name="set", input_shape=(1, 4, 4), classes=["0", "1"], named_classes=False),
     )
 
 

@@ -67,7 +67,13 @@ class TrainingRun:
 
     @classmethod
     def prepare(
-        cls, spec_source: Any, out: str | Path, overrides: dict[str, Any], *, threads: int | None = None
+        cls,
+        spec_source: Any,
+        out: str | Path,
+        overrides: dict[str, Any],
+        *,
+        threads: int | None = None,
+        classes_from_data: bool = False,
     ) -> TrainingRun:
         """Validate everything that can be wrong before the first step: spec, options,
         output folder, dataset and its fit to the spec."""
@@ -86,7 +92,7 @@ class TrainingRun:
             )
         check_log(options.log)
         dataset = load_dataset(options.data)
-        spec = fit_spec_to_data(spec, dataset)
+        spec = fit_spec_to_data(spec, dataset, classes_from_data)
         spec = spec.model_copy(update={"training": options})
         count = set_threads(threads)
         net = Network.build(spec, np.random.default_rng(options.seed))
@@ -457,9 +463,10 @@ def merge_options(from_spec: Any, overrides: dict[str, Any], model: Any) -> Any:
         raise
 
 
-def fit_spec_to_data(spec: Any, dataset: Any) -> Any:
+def fit_spec_to_data(spec: Any, dataset: Any, classes_from_data: bool = False) -> Any:
     """Check the spec's input shape and classes against the dataset; take the class names
-    from the dataset when the spec has none."""
+    from the dataset when the spec has none (or `classes_from_data`). When both name classes
+    they must agree: a model whose outputs carry another dataset's names predicts wrong labels."""
     from cnntool.spec import validate_spec
 
     if tuple(spec.input_shape) != tuple(dataset.input_shape):
@@ -467,19 +474,23 @@ def fit_spec_to_data(spec: Any, dataset: Any) -> Any:
             f"the spec's input_shape {list(spec.input_shape)} does not match the dataset's images "
             f'{list(dataset.input_shape)} ({dataset.name}); set "input_shape": {list(dataset.input_shape)}'
         )
-    if spec.classes is None:
+    theirs = list(dataset.classes)
+    if spec.classes is None or (classes_from_data and list(spec.classes) != theirs):
         data = spec.model_dump(mode="json", exclude_none=True)
-        data["classes"] = list(dataset.classes)
+        data["classes"] = theirs
         try:
             return validate_spec(data)
         except SpecError as exc:
-            raise SpecError(
-                f"{exc} (the dataset {dataset.name} has {len(dataset.classes)} classes)"
-            ) from None
-    if len(spec.classes) < len(dataset.classes):
+            raise SpecError(f"{exc} (the dataset {dataset.name} has {len(theirs)} classes)") from None
+    if len(spec.classes) < len(theirs):
         raise SpecError(
-            f"the dataset {dataset.name} has {len(dataset.classes)} classes but the spec names "
-            f"{len(spec.classes)}"
+            f"the dataset {dataset.name} has {len(theirs)} classes but the spec names {len(spec.classes)}"
+        )
+    if dataset.named_classes and list(spec.classes[: len(theirs)]) != theirs:
+        raise SpecError(
+            f"the spec's classes ({', '.join(spec.classes)}) are not the classes of {dataset.name} "
+            f'({", ".join(theirs)}); remove "classes" from the spec or pass --classes-from-data to take '
+            "the dataset's, or fix the spec's list"
         )
     return spec
 

@@ -111,6 +111,13 @@ def train(
             help="Threads for numba and BLAS [CNNTOOL_THREADS or all CPUs; with --resume the stored count].",
         ),
     ] = None,
+    classes_from_data: Annotated[
+        bool,
+        typer.Option(
+            "--classes-from-data",
+            help="Name the outputs with the dataset's classes instead of the spec's \"classes\".",
+        ),
+    ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="End with one JSON document on stdout.")
     ] = False,
@@ -151,7 +158,7 @@ def train(
             raise CnntoolError("missing SPEC: give a network spec file, or --resume BUNDLE to continue a run")
         if out is None:
             raise CnntoolError("missing --out: give the bundle file to write, such as --out model.cnnb")
-        run = TrainingRun.prepare(spec, out, overrides, threads=threads)
+        run = TrainingRun.prepare(spec, out, overrides, threads=threads, classes_from_data=classes_from_data)
     state = run.trainer.state
     options = run.options
     schedule = "" if options.lr_schedule == "constant" else f" ({options.lr_schedule} schedule)"

@@ -52,6 +52,9 @@ class Dataset:
     y_test: np.ndarray
     classes: list[str]
     info: dict
+    # Whether the source names its classes (class folders, a named dataset, an .npz with
+    # `classes`) rather than leaving them as the label numbers.
+    named_classes: bool = False
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -224,7 +227,8 @@ def _assemble(
         "input_shape": [int(size) for size in x_train.shape[1:]],
         **(provenance or {}),
     }
-    return Dataset(name, x_train, y_train, x_test, y_test, classes, info)
+    named = arrays.get(CLASSES_KEY) is not None
+    return Dataset(name, x_train, y_train, x_test, y_test, classes, info, named)
 
 
 def _images(x: np.ndarray, origin: str) -> np.ndarray:
