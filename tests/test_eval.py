@@ -309,7 +309,13 @@ def test_eval_defaults_to_the_named_dataset_of_the_bundle(sample_bundle):
     report = json.loads(result.stdout)
     assert report["dataset"] == "mnist-sample"
     assert report["source"] == "bundled"
-    assert report["preprocessing"] == {"pixel_scale": 1 / 255, "mean": 0.0, "std": 1.0, "image_fit": "mnist"}
+    assert report["preprocessing"] == {
+        "pixel_scale": 1 / 255,
+        "mean": 0.0,
+        "std": 1.0,
+        "image_fit": "mnist",
+        "background": "dark",
+    }
     sample = cnntool.load_dataset("mnist-sample")
     check_against_the_network(report, sample_bundle, sample.x_test, sample.y_test)
     assert [row["support"] for row in report["per_class"]] == [100] * 10

@@ -125,9 +125,24 @@ def preprocessing_for(dataset: Dataset) -> dict:
     `preprocess` picks the pixel scale per array (see the module docs), so the scaling is
     the same for uint8 and float data: `DEFAULT_PREPROCESSING`. `image_fit` says how an
     image of another size is fitted at inference (see cnntool.data.images.IMAGE_FITS): a
-    plain resize for a folder of pictures, MNIST-style otherwise.
+    plain resize for a folder of pictures, MNIST-style otherwise. `background` is the
+    training images' background, onto which an input image's transparency is composited.
     """
-    return {**DEFAULT_PREPROCESSING, "image_fit": dataset.info.get("image_fit", "mnist")}
+    return {
+        **DEFAULT_PREPROCESSING,
+        "image_fit": dataset.info.get("image_fit", "mnist"),
+        "background": background_of(dataset.x_train),
+    }
+
+
+def background_of(x: np.ndarray, sample: int = 1000) -> str:
+    """"dark" or "light": the median border pixel of (up to `sample` of) the images, which
+    is what transparency in an input image is composited onto (cnntool.data.images)."""
+    images = x[:: max(1, len(x) // sample)]
+    border = np.concatenate(
+        [images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1]], axis=-1
+    ).astype(np.float32)
+    return "light" if float(np.median(border)) * input_scale(x, DEFAULT_PREPROCESSING) > 0.5 else "dark"
 
 
 def input_scale(x: np.ndarray, preprocessing: dict) -> float:
