@@ -26,6 +26,9 @@ from cnntool.kernels.batch import gather_batch
 
 EpochCallback = Callable[[dict], None]
 BatchCallback = Callable[[int, int], None]
+# Called with None before the kernels are compiled (or loaded from the cache), then with
+# the seconds it took.
+CompileCallback = Callable[[float | None], None]
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 
 
@@ -173,6 +176,7 @@ class Trainer:
         self.best_params: np.ndarray | None = None
         self.best_state: np.ndarray | None = None
         self.stop_requested = False
+        self.compile_seconds: float | None = None  # this process's compile, kept out of epochs
 
     # --- running ---------------------------------------------------------------------------
 
@@ -188,10 +192,13 @@ class Trainer:
         on_batch: BatchCallback | None = None,
         on_checkpoint: Callable[[], None] | None = None,
         checkpoint_every: int = 0,
+        on_compile: CompileCallback | None = None,
     ) -> str:
         """Train until `epochs` epochs are done in all; returns "finished", "stopped_early"
         (early stopping), or "interrupted" (request_stop; the state is at a step boundary).
-        `on_checkpoint` is called after every `checkpoint_every`-th epoch but the last."""
+        `on_checkpoint` is called after every `checkpoint_every`-th epoch but the last.
+        The kernels are compiled before the first epoch's clock starts (`compile_seconds`),
+        so an epoch's `seconds` are training alone."""
         net, optimizer, state, schedule, source = (
             self.net,
             self.optimizer,
@@ -201,6 +208,18 @@ class Trainer:
         )
         n, batch_size = len(source), self.batch_size
         net.random[:] = (self.seed, state.random_step)
+        if state.epoch < epochs and self.compile_seconds is None:
+            from cnntool.warmup import compile_for_training
+
+            if on_compile is not None:
+                on_compile(None)
+            started = time.perf_counter()
+            size = min(batch_size, n)
+            source.batch(np.arange(size), 0, size)  # the gathering kernel
+            compile_for_training(net, optimizer, size)
+            self.compile_seconds = time.perf_counter() - started
+            if on_compile is not None:
+                on_compile(self.compile_seconds)
         while state.epoch < epochs:
             if self.early_stopping is not None and self.early_stopping.stopped:
                 return "stopped_early"

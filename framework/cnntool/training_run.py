@@ -221,7 +221,7 @@ class TrainingRun:
             monitor=options.monitor,
         )  # fmt: skip
 
-    def run(self, on_epoch: Any = None, on_batch: Any = None) -> dict[str, Any]:
+    def run(self, on_epoch: Any = None, on_batch: Any = None, on_compile: Any = None) -> dict[str, Any]:
         """Train (checkpointing as asked), score on the test split, save the bundle; return
         what the CLI prints. Ctrl-C stops at the next step boundary, saves a checkpoint and
         raises TrainingInterrupted."""
@@ -248,7 +248,7 @@ class TrainingRun:
             with stop_on_interrupt(trainer):
                 status = trainer.run(
                     self.options.epochs, on_epoch=epoch_done, on_batch=on_batch, on_checkpoint=checkpoint,
-                    checkpoint_every=self.options.checkpoint_every,
+                    checkpoint_every=self.options.checkpoint_every, on_compile=on_compile,
                 )  # fmt: skip
         if status == "interrupted":
             path = checkpoint("interrupted")
@@ -266,6 +266,7 @@ class TrainingRun:
             "epochs": trainer.state.epoch,
             "best_epoch": early.best_epoch if early is not None else None,
             "history": trainer.state.history,
+            "compile_seconds": trainer.compile_seconds,
             "test": test,
         }
 
@@ -292,6 +293,8 @@ class TrainingRun:
             "threads": self.threads,
             "test": test,
             "train_seconds": sum(record["seconds"] for record in history) + trainer.state.seconds,
+            # Compiling (or loading) the kernels, by the process that wrote this bundle.
+            "compile_seconds": trainer.compile_seconds,
             "resume": {**trainer.state_dict(), "status": status},
         }
         if trainer.early_stopping is not None:

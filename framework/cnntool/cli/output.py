@@ -79,6 +79,16 @@ class EpochProgress:
 
     epoch = 1
 
+    def on_compile(self, seconds: float | None) -> None:
+        """ "compiling kernels (once per machine)..." before, its time after, on one line."""
+        if not self.enabled:
+            return
+        if seconds is None:
+            typer.echo("compiling kernels (once per machine)...", err=True, nl=False)
+            sys.stderr.flush()
+        else:
+            typer.echo(f" {seconds:.1f}s", err=True)
+
     def on_epoch(self, record: dict) -> None:
         if self.bar is not None:
             self.bar.console.print(format_epoch(record, self.epochs))

@@ -173,7 +173,9 @@ def train(
     with EpochProgress(options.epochs) as progress:
         progress.epoch = state.epoch + 1
         try:
-            result = run.run(on_epoch=progress.on_epoch, on_batch=progress.on_batch)
+            result = run.run(
+                on_epoch=progress.on_epoch, on_batch=progress.on_batch, on_compile=progress.on_compile
+            )
         except TrainingInterrupted as stop:
             where = f", batch {stop.batch} of {stop.batches}" if stop.batch else ""
             note(

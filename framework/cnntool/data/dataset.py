@@ -136,7 +136,7 @@ def preprocessing_for(dataset: Dataset) -> dict:
 
 
 def background_of(x: np.ndarray, sample: int = 1000) -> str:
-    """"dark" or "light": the median border pixel of (up to `sample` of) the images, which
+    """ "dark" or "light": the median border pixel of (up to `sample` of) the images, which
     is what transparency in an input image is composited onto (cnntool.data.images)."""
     images = x[:: max(1, len(x) // sample)]
     border = np.concatenate(
