@@ -33,8 +33,8 @@ CNNTOOL = str(Path(sys.executable).with_name("cnntool"))
         ),
         (
             ["infer", "m.cnnb", "a.png", "--top-k", "x"],
-            "error: cnntool infer: invalid value for '--top-k' / '-k': Input should be a valid integer, unable "
-            "to parse string as an integer (see `cnntool infer --help`)",
+            "error: cnntool infer: invalid value for '--top-k' / '-k': Input should be a valid integer, "
+            "unable to parse string as an integer (see `cnntool infer --help`)",
         ),
         (
             ["serve", "m.cnnb", "--prot", "80"],
