@@ -1,6 +1,7 @@
 """Every command's usage mistakes are one `error:` line on stderr with exit code 2, naming
 the command and the nearest valid option, as the README promises (#18 defect 6)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,16 @@ def test_no_arguments_still_shows_the_help(root):
     done = subprocess.run([CNNTOOL], capture_output=True, text=True, timeout=60, cwd=root)
     assert done.returncode == 0
     assert "Usage: cnntool [OPTIONS] COMMAND [ARGS]..." in done.stdout + done.stderr
+
+
+def test_train_help_says_where_progress_goes(root):
+    done = subprocess.run([CNNTOOL, "train", "--help"], capture_output=True, text=True, timeout=60, cwd=root)
+    text = " ".join(done.stdout.split())
+    assert "Progress and messages go to stderr" in text
+    assert "--log FILE keeps one JSON line per epoch" in text
+
+
+def test_schema_takes_json_as_the_readme_says(root):
+    done = subprocess.run([CNNTOOL, "schema", "--json"], capture_output=True, text=True, timeout=60, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["title"]

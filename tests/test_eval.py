@@ -357,11 +357,18 @@ def test_eval_without_data_for_a_bundle_of_a_file_dataset(tmp_path):
         tmp_path / "tiny.json", (1, 4, 4), [{"type": "flatten"}, {"type": "dense", "units": 2}], epochs=1
     )
     assert invoke("train", spec, "--data", data, "--out", tmp_path / "tiny.cnnb").exit_code == 0
+    # The recorded path is used while it is there (#18: eval refused it) ...
+    result = invoke("eval", tmp_path / "tiny.cnnb", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["source"] == str(data)
+    # ... and named when it is gone.
+    data.rename(tmp_path / "moved.npz")
     result = invoke("eval", tmp_path / "tiny.cnnb")
     assert result.exit_code == 1
     assert result.stderr.strip() == (
         f"error: {tmp_path / 'tiny.cnnb'}: trained on {data}, which is not a named dataset "
-        f"(mnist-sample, mnist, fashion-mnist); pass --data {data}"
+        f"(mnist-sample, mnist, fashion-mnist) and {data} is not there any more; pass --data with where "
+        "it is now"
     )
 
 

@@ -96,7 +96,10 @@ def train(
     ] = None,
     log: Annotated[
         str | None,
-        typer.Option(metavar="FILE", help="Write one JSON line per epoch to FILE as training runs."),
+        typer.Option(
+            metavar="FILE",
+            help="Write one JSON line per epoch to FILE as training runs (progress itself goes to stderr).",
+        ),
     ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed for weights, shuffling, dropout and the split [spec or 0].")
@@ -124,7 +127,9 @@ def train(
 ) -> None:
     """Train a network on a dataset and save it as one bundle file.
 
-    Ctrl-C saves a checkpoint at the next step and exits with 130; `--resume` continues it.
+    Progress and messages go to stderr (a bar on a terminal, one line per epoch otherwise);
+    --log FILE keeps one JSON line per epoch, and --json puts the result on stdout. Ctrl-C
+    saves a checkpoint at the next step and exits with 130; --resume continues it.
     """
     from cnntool.training_run import TrainingInterrupted, TrainingRun
 

@@ -184,7 +184,7 @@ def _load_idx_folder(folder: Path) -> Dataset:
         records.append(record)
     known = identify({key: record["sha256"] for key, record in zip(origins, records, strict=True)})
     if known is None:
-        return _assemble(str(folder), str(folder), arrays, origins, records)
+        return _assemble(str(folder), str(folder.absolute()), arrays, origins, records)
     arrays[CLASSES_KEY] = np.array(known.classes)
     origins[CLASSES_KEY] = f"the class names of {known.name}"
     return _assemble(known.name, str(folder), arrays, origins, records, known.provenance())
@@ -196,7 +196,7 @@ def _load_image_folder(folder: Path, input_shape: tuple[int, int, int] | None) -
     origins = {key: f"{folder}: {key}" for key in arrays}
     origins[CLASSES_KEY] = f"{folder}: class folders"
     provenance = {"images": record["images"], "image_fit": "resize"}
-    return _assemble(str(folder), str(folder), arrays, origins, record["files"], provenance)
+    return _assemble(str(folder), str(folder.absolute()), arrays, origins, record["files"], provenance)
 
 
 def _load_npz_file(path: Path) -> Dataset:
@@ -209,7 +209,7 @@ def _load_npz_file(path: Path) -> Dataset:
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     origins = {key: f"{path}: {key}" for key in arrays}
-    return _assemble(str(path), str(path), arrays, origins, [record])
+    return _assemble(str(path), str(path.absolute()), arrays, origins, [record])
 
 
 def _assemble(
