@@ -252,7 +252,7 @@ def test_what_cannot_be_resumed(files, uninterrupted, tmp_path):
     ):
         TrainingRun.resume(full, {})
     message = (
-        r"cannot change --lr \(stored 0.003, given 0.1\), --batch-size \(stored 32, given 64\) when resuming "
+        r"cannot change --batch-size \(stored 32, given 64\) when resuming "
         rf"{re.escape(str(full))}: the run would no longer be the one that was saved"
     )
     with pytest.raises(CnntoolError, match=message):

@@ -70,6 +70,14 @@ class TrainingConfig(BaseModel):
         default=0, description="Write the bundle, with everything needed to resume, every N epochs (0: off)."
     )
     log: str | None = Field(default=None, description="File receiving one JSON line per epoch.")
+    init_from: str | None = Field(
+        default=None,
+        description="Bundle whose weights start training: layers matched by name and shape are loaded, "
+        "the others initialised (fine-tuning).",
+    )
+    freeze: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list, description="Layers whose parameters training keeps fixed."
+    )
 
 
 class SpecBase(BaseModel):

@@ -177,6 +177,7 @@ class Trainer:
         self.best_state: np.ndarray | None = None
         self.stop_requested = False
         self.compile_seconds: float | None = None  # this process's compile, kept out of epochs
+        self.lr_changed: dict | None = None  # a new rate set on resuming, for the next record
 
     # --- running ---------------------------------------------------------------------------
 
@@ -265,6 +266,13 @@ class Trainer:
             return "stopped_early"
         return "finished"
 
+    def change_lr(self, lr: float, previous: float) -> None:
+        """Continue with the base learning rate `lr` instead of `previous` (resuming with a
+        new --lr): the schedule restarts from it, and the next epoch's record notes it."""
+        self.schedule.set_base_rate(lr)
+        self.optimizer.lr = lr
+        self.lr_changed = {"from": float(previous), "to": float(lr)}
+
     def end_epoch(self) -> dict:
         """Score the finished epoch, update early stopping and the schedule, move on."""
         state, n = self.state, len(self.source)
@@ -276,6 +284,8 @@ class Trainer:
             "val_accuracy": None,
             "lr": self.optimizer.lr,
         }
+        if self.lr_changed is not None:
+            record["lr_changed"], self.lr_changed = self.lr_changed, None
         started = time.perf_counter()
         if self.val_source is not None:
             scores = score(self.net, self.val_source)

@@ -31,8 +31,9 @@ import numpy as np
 
 from cnntool.errors import CnntoolError, DataError, SpecError
 
-# Options a resumed run may change; any other would make it a different run.
-RESUMABLE = ("epochs", "checkpoint_every", "log", "data")
+# Options a resumed run may change; any other would make it a different run. A new `lr`
+# restarts the schedule from it and is noted in the history (`lr_changed`).
+RESUMABLE = ("epochs", "checkpoint_every", "log", "data", "lr")
 TRAINING_SLOTS = ("current_params", "current_state")
 
 
@@ -60,6 +61,7 @@ class TrainingRun:
     threads: int
     trainer: Any = None
     resumed_from: dict | None = field(default=None)
+    init_report: list[str] = field(default_factory=list)
 
     @property
     def lr(self) -> float:
@@ -96,7 +98,9 @@ class TrainingRun:
         spec = spec.model_copy(update={"training": options})
         count = set_threads(threads)
         net = Network.build(spec, np.random.default_rng(options.seed))
+        report = init_from_bundle(net, Path(options.init_from)) if options.init_from else []
         run = cls.assemble(spec, options, out, dataset, net, count)
+        run.init_report = report
         run.trainer = run.make_trainer()
         return run
 
@@ -145,7 +149,7 @@ class TrainingRun:
         if refused:
             raise CnntoolError(
                 f"cannot change {', '.join(refused)} when resuming {path}: the run would no longer be the "
-                "one that was saved; only --epochs, --checkpoint-every, --log and --data may change"
+                "one that was saved; only --epochs, --checkpoint-every, --log, --data and --lr may change"
             )
         options = merge_options(stored, {key: overrides.get(key) for key in RESUMABLE}, TrainingConfig)
         status, done = saved.get("status"), saved.get("epoch")
@@ -178,6 +182,8 @@ class TrainingRun:
             run.optimizer.load_state_dict(bundle.optimizer)
             run.trainer = run.make_trainer()
             run.trainer.load_state_dict(saved, list(bundle.meta.get("history") or []), slots)
+            if options.lr is not None and options.lr != stored.lr:
+                run.trainer.change_lr(options.lr, bundle.optimizer["hyper"]["lr"])
         except CnntoolError as exc:
             raise CnntoolError(f"{path}: cannot resume: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -195,6 +201,7 @@ class TrainingRun:
         from cnntool.optim import OPTIMIZERS
 
         optimizer = make_optimizer(OPTIMIZERS[options.optimizer], net, options)
+        optimizer.freeze(frozen_keys(net, options.freeze))
         x_train, y_train, x_val, y_val = split_validation(
             dataset.x_train, dataset.y_train, options.val_split, options.seed
         )
@@ -496,6 +503,76 @@ def fit_spec_to_data(spec: Any, dataset: Any, classes_from_data: bool = False) -
             "the dataset's, or fix the spec's list"
         )
     return spec
+
+
+def init_from_bundle(net: Any, path: Path) -> list[str]:
+    """Copy into `net` the parameters and state of every layer of the bundle at `path` that
+    has the same name and the same shapes (fine-tuning); the rest keep their fresh
+    initialisation. Returns the report lines: what was loaded, changed and new."""
+    from cnntool.bundle import load_bundle
+
+    try:
+        source = load_bundle(path).network
+    except CnntoolError as exc:
+        raise CnntoolError(f"--init-from: {exc}") from None
+    theirs = {layer.name: layer for layer in source.layers}
+    loaded, changed, new = [], [], []
+    count = 0
+    for layer in net.layers:
+        arrays = {**layer.params, **layer.state}
+        if not arrays:
+            continue
+        other = theirs.get(layer.name)
+        if other is None:
+            new.append(layer.name)
+            continue
+        their_arrays = {**other.params, **other.state}
+        shapes = {key: tuple(value.shape) for key, value in arrays.items()}
+        their_shapes = {key: tuple(value.shape) for key, value in their_arrays.items()}
+        if shapes != their_shapes:
+            differing = [
+                f"{key} {their_shapes.get(key)} -> {shape}"
+                for key, shape in shapes.items()
+                if their_shapes.get(key) != shape
+            ]
+            changed.append(f"{layer.name} ({', '.join(differing) or 'other parameters'})")
+            continue
+        for key, value in arrays.items():
+            np.copyto(value, their_arrays[key])
+        loaded.append(layer.name)
+        count += sum(value.size for value in layer.params.values())
+    if not loaded:
+        raise CnntoolError(
+            f"--init-from {path}: no layer of {net.name!r} matches one of the bundle's by name and shapes "
+            f"(the bundle has {', '.join(theirs)}); name the layers to reuse as the bundle does"
+        )
+    report = [f"initialised from {path}: loaded {', '.join(loaded)} ({count} parameters)"]
+    if changed:
+        report.append(f"  other shapes, initialised anew: {'; '.join(changed)}")
+    if new:
+        report.append(f"  new, initialised: {', '.join(new)}")
+    return report
+
+
+def frozen_keys(net: Any, names: list[str]) -> list[str]:
+    """The parameter keys of the layers `names`; an unknown name or one without parameters
+    is an error naming the nearest layer."""
+    import difflib
+
+    with_params = [layer.name for layer in net.layers if layer.params]
+    keys = []
+    for name in names:
+        if name not in with_params:
+            nearest = difflib.get_close_matches(name, with_params, n=1, cutoff=0.4)
+            hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+            exists = any(layer.name == name for layer in net.layers)
+            kind = "has no parameters" if exists else "is not a layer"
+            raise CnntoolError(
+                f"--freeze {name}: {kind} of {net.name!r} (layers with parameters: "
+                f"{', '.join(with_params)}){hint}"
+            )
+        keys += [key for key in net.param_offsets if key.startswith(f"{name}.")]
+    return keys
 
 
 def make_optimizer(kind: Any, net: Any, options: Any) -> Any:

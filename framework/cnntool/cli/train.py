@@ -101,6 +101,23 @@ def train(
             help="Write one JSON line per epoch to FILE as training runs (progress itself goes to stderr).",
         ),
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="BUNDLE",
+            help="Start from BUNDLE's weights (fine-tuning): layers of the same name and shapes are "
+            "loaded, the others initialised; a report says which.",
+            show_default=False,
+        ),
+    ] = None,
+    freeze: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME",
+            help="Keep this layer's parameters fixed (repeat, or separate names with commas).",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed for weights, shuffling, dropout and the split [spec or 0].")
     ] = None,
@@ -155,6 +172,8 @@ def train(
         "log": log,
         "seed": seed,
         "val_split": val_split,
+        "init_from": str(init_from) if init_from is not None else None,
+        "freeze": [name for item in freeze for name in item.split(",") if name] if freeze else None,
     }
     if resume is not None:
         run = TrainingRun.resume(resume, overrides, out=out, threads=threads, spec=spec)
@@ -172,6 +191,11 @@ def train(
         f"{len(run.x_train)} training, {len(run.x_val)} validation, {len(run.dataset.x_test)} test images; "
         f"{options.optimizer}, lr {run.lr}{schedule}, batch {options.batch_size}, {run.threads} threads"
     )
+    for line in run.init_report:
+        note(line)
+    if options.freeze:
+        frozen = sum(stop - start for start, stop in run.optimizer.frozen)
+        note(f"frozen: {', '.join(options.freeze)} ({frozen} parameters)")
     if run.resumed_from is not None:
         where = f", batch {state.batch} of {run.trainer.batches}" if state.batch else ""
         note(f"resuming {run.out} after epoch {state.epoch}{where}, up to epoch {options.epochs}")
