@@ -78,6 +78,17 @@ class TrainingConfig(BaseModel):
     freeze: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
         default_factory=list, description="Layers whose parameters training keeps fixed."
     )
+    augment_shift: Annotated[int, Field(ge=0, le=1024)] = Field(
+        default=0,
+        description="Augmentation: shift each training image by up to this many pixels (edges repeated).",
+    )
+    augment_crop_padding: Annotated[int, Field(ge=0, le=1024)] = Field(
+        default=0, description="Augmentation: pad by this many pixels (zeros) and crop back at random."
+    )
+    augment_flip: bool = Field(default=False, description="Augmentation: flip half the images left-right.")
+    augment_rotation: Annotated[float, Field(ge=0, le=180)] = Field(
+        default=0.0, description="Augmentation: rotate by up to this many degrees either way."
+    )
 
 
 class SpecBase(BaseModel):

@@ -140,7 +140,9 @@ class Trainer:
         schedule: Any = None,
         early_stopping: EarlyStopping | None = None,
         monitor: str | None = None,
+        augment: Any = None,
     ) -> None:
+        from cnntool.augmentation import Augmenter
         from cnntool.schedules import Schedule
 
         self.net, self.optimizer, self.batch_size, self.seed = net, optimizer, int(batch_size), int(seed)
@@ -154,6 +156,12 @@ class Trainer:
         if self.val_source is not None:
             check_labels(self.val_source.y, net.output_shape[0], "validation")
         self.batches = math.ceil(len(self.source) / self.batch_size)
+        # Random shifts, crops, flips and rotations of the training batches (options with
+        # augment_* fields; off when None or all zero). Padding is raw pixel 0.
+        augmenter = (
+            Augmenter(augment, self.seed, -self.source.mean * self.source.inv_std) if augment else None
+        )
+        self.augmenter = augmenter if augmenter is not None and augmenter.active else None
         self.schedule = schedule or Schedule(optimizer.lr)
         self.schedule.steps_per_epoch = self.batches
         self.early_stopping = early_stopping
@@ -216,7 +224,9 @@ class Trainer:
                 on_compile(None)
             started = time.perf_counter()
             size = min(batch_size, n)
-            source.batch(np.arange(size), 0, size)  # the gathering kernel
+            xb, _ = source.batch(np.arange(size), 0, size)  # the gathering kernel
+            if self.augmenter is not None:
+                self.augmenter(xb, 0)
             compile_for_training(net, optimizer, size)
             self.compile_seconds = time.perf_counter() - started
             if on_compile is not None:
@@ -237,6 +247,8 @@ class Trainer:
                     optimizer.lr = schedule.rate(epoch, index)
                 start = index * batch_size
                 xb, yb = source.batch(order, start, min(batch_size, n - start))
+                if self.augmenter is not None:
+                    xb = self.augmenter(xb, epoch * self.batches + index)
                 loss, correct = net.train_step(xb, yb)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(

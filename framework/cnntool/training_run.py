@@ -225,7 +225,7 @@ class TrainingRun:
             preprocessing=self.preprocessing, seed=options.seed,
             validation=(self.x_val, self.y_val) if len(self.x_val) else None,
             schedule=make_schedule(options, self.optimizer.lr), early_stopping=early_stopping,
-            monitor=options.monitor,
+            monitor=options.monitor, augment=options,
         )  # fmt: skip
 
     def run(self, on_epoch: Any = None, on_batch: Any = None, on_compile: Any = None) -> dict[str, Any]:

@@ -118,6 +118,26 @@ def train(
             show_default=False,
         ),
     ] = None,
+    augment_shift: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PIXELS", help="Augment: shift images by up to PIXELS (edges repeated) [spec or 0]."
+        ),
+    ] = None,
+    augment_crop_padding: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PIXELS", help="Augment: pad by PIXELS of zeros, crop back at random [spec or 0]."
+        ),
+    ] = None,
+    augment_flip: Annotated[
+        bool | None,
+        typer.Option("--augment-flip/--no-augment-flip", help="Augment: flip half the images left-right."),
+    ] = None,
+    augment_rotation: Annotated[
+        float | None,
+        typer.Option(metavar="DEGREES", help="Augment: rotate by up to DEGREES either way [spec or 0]."),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed for weights, shuffling, dropout and the split [spec or 0].")
     ] = None,
@@ -172,6 +192,10 @@ def train(
         "log": log,
         "seed": seed,
         "val_split": val_split,
+        "augment_shift": augment_shift,
+        "augment_crop_padding": augment_crop_padding,
+        "augment_flip": augment_flip,
+        "augment_rotation": augment_rotation,
         "init_from": str(init_from) if init_from is not None else None,
         "freeze": [name for item in freeze for name in item.split(",") if name] if freeze else None,
     }
