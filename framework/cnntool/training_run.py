@@ -202,9 +202,12 @@ class TrainingRun:
 
         optimizer = make_optimizer(OPTIMIZERS[options.optimizer], net, options)
         optimizer.freeze(frozen_keys(net, options.freeze))
-        x_train, y_train, x_val, y_val = split_validation(
-            dataset.x_train, dataset.y_train, options.val_split, options.seed
-        )
+        if dataset.x_val is not None:  # the source's own validation split (a val/ folder)
+            x_train, y_train, x_val, y_val = dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val
+        else:
+            x_train, y_train, x_val, y_val = split_validation(
+                dataset.x_train, dataset.y_train, options.val_split, options.seed
+            )
         return cls(
             spec, options, out, dataset, net, optimizer, x_train, y_train, x_val, y_val,
             preprocessing_for(dataset), threads,

@@ -55,6 +55,9 @@ class Dataset:
     # Whether the source names its classes (class folders, a named dataset, an .npz with
     # `classes`) rather than leaving them as the label numbers.
     named_classes: bool = False
+    # A validation split given by the source (an image folder's val/), else None.
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -243,7 +246,12 @@ def _assemble(
         **(provenance or {}),
     }
     named = arrays.get(CLASSES_KEY) is not None
-    return Dataset(name, x_train, y_train, x_test, y_test, classes, info, named)
+    x_val = y_val = None
+    if "x_val" in arrays:
+        x_val = _images(arrays["x_val"], origins["x_val"]).astype(x_train.dtype, copy=False)
+        y_val = _labels(arrays["y_val"], origins["y_val"], len(x_val), origins["x_val"])
+        info["val_size"] = len(x_val)
+    return Dataset(name, x_train, y_train, x_test, y_test, classes, info, named, x_val, y_val)
 
 
 def _images(x: np.ndarray, origin: str) -> np.ndarray:
