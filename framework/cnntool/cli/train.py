@@ -223,7 +223,7 @@ def train(
     if run.resumed_from is not None:
         where = f", batch {state.batch} of {run.trainer.batches}" if state.batch else ""
         note(f"resuming {run.out} after epoch {state.epoch}{where}, up to epoch {options.epochs}")
-    with EpochProgress(options.epochs) as progress:
+    with EpochProgress(options.epochs, batch_size=options.batch_size) as progress:
         progress.epoch = state.epoch + 1
         try:
             result = run.run(
