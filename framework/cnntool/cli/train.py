@@ -142,7 +142,11 @@ def train(
         int | None, typer.Option(help="Seed for weights, shuffling, dropout and the split [spec or 0].")
     ] = None,
     val_split: Annotated[
-        float | None, typer.Option(help="Fraction of training data held out for validation [spec or 0.1].")
+        float | None,
+        typer.Option(
+            help="Fraction of training data held out for validation [spec or 0.1]; an image folder's "
+            "val/ replaces it."
+        ),
     ] = None,
     threads: Annotated[
         int | None,
