@@ -3,6 +3,7 @@
 import contextlib
 import hashlib
 import os
+import re
 import struct
 
 import msgpack
@@ -166,8 +167,12 @@ def test_changed_weights_with_forged_checksum_fail_the_digest(data):
     doc = document(data)
     record = doc["weights"]["dense_1.bias"]
     record["data"] = b"\x00" * len(record["data"])
-    with pytest.raises(BundleError, match="digest mismatch"):
+    with pytest.raises(BundleError, match="digest mismatch") as raised:
         parse_bundle(repack(doc))
+    # Both digests shown alike, quotes balanced (#18: the stored one lost its closing quote).
+    stored, computed = re.search(r"stored (\S+), computed (\S+)\)$", str(raised.value)).groups()
+    assert stored == doc["digest"][:19] + "..." and computed.startswith("sha256:")
+    assert "'" not in str(raised.value)
 
 
 def test_wrong_dtype(data):

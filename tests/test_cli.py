@@ -76,6 +76,7 @@ def test_bundle_records_history_preprocessing_and_dataset(trained):
         "mean": 0.0,
         "std": 1.0,
         "image_fit": "mnist",
+        "background": "dark",
     }
     assert bundle.meta["dataset"]["name"] == "mnist-sample"
     assert bundle.meta["seed"] == 1

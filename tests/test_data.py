@@ -612,7 +612,13 @@ def test_preprocess_applies_mean_and_std():
 def test_preprocessing_for_records_the_default_as_a_new_dict(tmp_path):
     sample = load_dataset("mnist-sample")
     recorded = preprocessing_for(sample)
-    assert recorded == {"pixel_scale": 1 / 255, "mean": 0.0, "std": 1.0, "image_fit": "mnist"}
+    assert recorded == {
+        "pixel_scale": 1 / 255,
+        "mean": 0.0,
+        "std": 1.0,
+        "image_fit": "mnist",
+        "background": "dark",
+    }
     recorded["mean"] = 3.0
     assert DEFAULT_PREPROCESSING["mean"] == 0.0
 

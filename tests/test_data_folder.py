@@ -92,6 +92,34 @@ def test_train_and_test_folders_are_the_split(tmp_path):
     assert dataset.info["images"]["split"] == "train/ and test/ folders"
 
 
+def test_a_val_folder_is_the_validation_split(tmp_path):
+    from cnntool.training_run import TrainingRun
+
+    root = tmp_path / "pets"
+    for part, values in (("train", (1, 2, 3, 4)), ("test", (5, 6)), ("val", (7, 8, 9))):
+        for value in values:
+            save(root / part / ("dog" if value % 2 else "cat") / f"{value}.png", gray(value))
+
+    dataset = load_dataset(root)
+
+    assert [int(x[0, 1, 1]) for x in dataset.x_val] == [8, 7, 9]
+    assert dataset.y_val.tolist() == [0, 1, 1]
+    assert dataset.info["val_size"] == 3
+    assert dataset.info["images"]["split"] == "train/, val/ and test/ folders"
+    spec = {"input_shape": [1, 6, 8], "layers": [{"type": "flatten"}, {"type": "dense", "units": 2}]}
+    run = TrainingRun.prepare(spec, tmp_path / "m.cnnb", {"data": str(root), "val_split": 0.5})
+    assert [int(x[0, 1, 1]) for x in run.x_val] == [8, 7, 9]
+    assert len(run.x_train) == 4  # nothing of train/ held out
+
+
+def test_a_val_folder_needs_train_and_test_beside_it(tmp_path):
+    root = tmp_path / "pets"
+    save(root / "val" / "dog" / "a.png", gray(1))
+    save(root / "cat" / "b.png", gray(2))
+    with pytest.raises(DataError, match=r"has val/ but not both train/ and test/"):
+        load_dataset(root)
+
+
 def test_most_common_size_and_mode_win_and_others_are_converted(tmp_path):
     root = tmp_path / "mixed"
     rgb = np.zeros((6, 8, 3), np.uint8)

@@ -101,8 +101,13 @@ class Fake:
         ),
         (
             {"input_shape": (1, 4, 4), "classes": ["cat", "dog"]},
-            {"input_shape": (1, 4, 4), "classes": ["cat", "bird"]},
-            r"class 1 of set is 'bird' but the model's class 1 is 'dog'",
+            {"input_shape": (1, 4, 4), "classes": ["cat", "bird"], "named_classes": True},
+            r"set names its classes cat, bird but the model's are cat, dog",
+        ),
+        (
+            {"input_shape": (1, 4, 4), "classes": ["0", "1", "2"]},
+            {"input_shape": (1, 4, 4), "classes": ["cat", "dog"], "named_classes": True},
+            r"set names its classes cat, dog but the model's are 0, 1, 2",
         ),
     ],
 )
@@ -111,10 +116,10 @@ def test_dataset_must_fit_the_model(net, data, message):
         check_dataset_fits(Fake(**net), Fake(name="set", **data))
 
 
-def test_numbered_classes_fit_named_ones():
+def test_data_without_class_names_fits_any_names():
     check_dataset_fits(
-        Fake(input_shape=(1, 4, 4), classes=["0", "1", "2"]),
-        Fake(name="set", input_shape=(1, 4, 4), classes=["cat", "dog"]),
+        Fake(input_shape=(1, 4, 4), classes=["cat", "dog", "bird"]),
+        Fake(name="set", input_shape=(1, 4, 4), classes=["0", "1"], named_classes=False),
     )
 
 
@@ -304,7 +309,13 @@ def test_eval_defaults_to_the_named_dataset_of_the_bundle(sample_bundle):
     report = json.loads(result.stdout)
     assert report["dataset"] == "mnist-sample"
     assert report["source"] == "bundled"
-    assert report["preprocessing"] == {"pixel_scale": 1 / 255, "mean": 0.0, "std": 1.0, "image_fit": "mnist"}
+    assert report["preprocessing"] == {
+        "pixel_scale": 1 / 255,
+        "mean": 0.0,
+        "std": 1.0,
+        "image_fit": "mnist",
+        "background": "dark",
+    }
     sample = cnntool.load_dataset("mnist-sample")
     check_against_the_network(report, sample_bundle, sample.x_test, sample.y_test)
     assert [row["support"] for row in report["per_class"]] == [100] * 10
@@ -346,11 +357,18 @@ def test_eval_without_data_for_a_bundle_of_a_file_dataset(tmp_path):
         tmp_path / "tiny.json", (1, 4, 4), [{"type": "flatten"}, {"type": "dense", "units": 2}], epochs=1
     )
     assert invoke("train", spec, "--data", data, "--out", tmp_path / "tiny.cnnb").exit_code == 0
+    # The recorded path is used while it is there (#18: eval refused it) ...
+    result = invoke("eval", tmp_path / "tiny.cnnb", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["source"] == str(data)
+    # ... and named when it is gone.
+    data.rename(tmp_path / "moved.npz")
     result = invoke("eval", tmp_path / "tiny.cnnb")
     assert result.exit_code == 1
     assert result.stderr.strip() == (
         f"error: {tmp_path / 'tiny.cnnb'}: trained on {data}, which is not a named dataset "
-        f"(mnist-sample, mnist, fashion-mnist); pass --data {data}"
+        f"(mnist-sample, mnist, fashion-mnist) and {data} is not there any more; pass --data with where "
+        "it is now"
     )
 
 

@@ -43,12 +43,12 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 # Images
 
 
-def test_mnist_size_png_is_used_as_it_is(tmp_path):
+def test_mnist_size_png_is_used_as_it_is_by_a_resize_model(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
     path = tmp_path / "digit.png"
     Image.fromarray(pixels).save(path)
 
-    out = load_image(path, MNIST)
+    out = load_image(path, MNIST, fit="resize")
 
     assert out.shape == (1, 28, 28)
     assert out.dtype == np.uint8
@@ -120,14 +120,14 @@ def test_rgb_image_of_model_size_is_used_as_it_is(tmp_path):
     np.testing.assert_array_equal(load_image(path, (3, 16, 20)), pixels.transpose(2, 0, 1))
 
 
-def test_grayscale_model_converts_colour_and_flattens_alpha_onto_white(tmp_path):
+def test_grayscale_model_converts_colour_and_composites_alpha_onto_a_light_background(tmp_path):
     pixels = np.zeros((28, 28, 4), np.uint8)
     pixels[..., 0] = 255  # pure red ...
     pixels[:14, :, 3] = 255  # ... opaque in the top half, transparent below
     path = tmp_path / "red.png"
     Image.fromarray(pixels, "RGBA").save(path)
 
-    out = load_image(path, MNIST)[0]
+    out = load_image(path, MNIST, fit="resize", background="light")[0]
 
     assert (out[:14] == 76).all()  # ITU-R 601-2 luma of red: 0.299 * 255
     assert (out[14:] == 255).all()
@@ -138,7 +138,7 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     pixels[0, :3] = [65535, 32896, 257]
     path = tmp_path / "deep.png"
     Image.fromarray(pixels).save(path)
-    assert load_image(path, MNIST)[0, 0, :4].tolist() == [255, 128, 1, 0]
+    assert load_image(path, MNIST, fit="resize")[0, 0, :4].tolist() == [255, 128, 1, 0]
 
 
 def test_load_input_file_gives_a_batch_of_one_image(tmp_path):

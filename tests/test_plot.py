@@ -79,7 +79,7 @@ def test_figure_draws_the_history():
 
     figure = history_figure(HISTORY, title="tiny on toy", best_epoch=3)
     assert figure._suptitle.get_text() == "tiny on toy"
-    for axes, key in zip(figure.axes, ("loss", "accuracy"), strict=True):
+    for axes, key in zip(figure.axes[:2], ("loss", "accuracy"), strict=True):
         assert axes.get_title() == key and axes.get_xlabel() == "epoch"
         lines = lines_by_label(axes)
         assert set(lines) == {"training", "validation", "best epoch (3)"}
@@ -96,7 +96,17 @@ def test_figure_without_validation_has_one_line_per_panel():
 
     plain = [{**r, "val_loss": None, "val_accuracy": None} for r in HISTORY]
     figure = history_figure(plain)
-    assert [list(lines_by_label(axes)) for axes in figure.axes] == [["training"], ["training"]]
+    assert [list(lines_by_label(axes)) for axes in figure.axes] == [["training"], ["training"], ["rate"]]
+
+
+def test_figure_draws_the_learning_rate():
+    from cnntool.plotting import history_figure
+
+    history = [{**r, "lr": 0.1 / 10 ** (r["epoch"] // 3)} for r in HISTORY]
+    axes = history_figure(history).axes[2]
+    assert axes.get_title() == "learning rate" and axes.get_yscale() == "log"
+    np.testing.assert_allclose(lines_by_label(axes)["rate"].get_ydata(), [0.1, 0.1, 0.01, 0.01])
+    assert len(history_figure([{k: v for k, v in r.items() if k != "lr"} for r in HISTORY]).axes) == 2
 
 
 def test_plot_command_writes_a_png_of_the_bundles_history(bundle, tmp_path):
@@ -105,7 +115,7 @@ def test_plot_command_writes_a_png_of_the_bundles_history(bundle, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"plot": str(out), "bundle": str(bundle), "epochs": 4}
     with Image.open(out) as image:
-        assert image.format == "PNG" and image.size == (1000, 400)
+        assert image.format == "PNG" and image.size == (1500, 400)  # loss, accuracy, learning rate
         pixels = np.asarray(image.convert("RGB"))
     # Lines in matplotlib's first two colours: training blue, validation orange.
     assert np.any(np.all(pixels == (31, 119, 180), axis=2))

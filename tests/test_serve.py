@@ -180,7 +180,13 @@ def test_model_endpoint_describes_the_bundle(server, bundle_path):
     assert info["digest"] == inspected["digest"] == bundle.digest
     assert info["cnntool_version"] == cnntool.__version__ == info["created_with"]
     assert info["providers"] == inspected["providers"]
-    assert info["preprocessing"] == {"pixel_scale": 1 / 255, "mean": 0.0, "std": 1.0, "image_fit": "mnist"}
+    assert info["preprocessing"] == {
+        "pixel_scale": 1 / 255,
+        "mean": 0.0,
+        "std": 1.0,
+        "image_fit": "mnist",
+        "background": "dark",
+    }
     history = bundle.meta["history"]
     assert info["training"] == {
         "epochs": 1,

@@ -326,7 +326,7 @@ def parse_bundle(data: bytes, where: str = "<bytes>") -> RawBundle:
     actual_digest = model_digest(weights, state)
     if digest != actual_digest:
         raise BundleError(
-            f"{where}: digest mismatch (stored {short(digest)}, computed {actual_digest[:19]}...)"
+            f"{where}: digest mismatch (stored {stored_digest(digest)}, computed {actual_digest[:19]}...)"
         )
     return RawBundle(Path(where), version, spec, weights, state, optimizer, meta, digest, len(data))
 
@@ -463,6 +463,11 @@ def check_depth(value: Any, where: str) -> None:
 def describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def stored_digest(value: Any) -> str:
+    """A stored digest for a message: the start of the text, as the computed one is shown."""
+    return f"{value[:19]}..." if isinstance(value, str) and len(value) > 19 else short(value)
 
 
 def short(value: Any) -> str:

@@ -75,8 +75,8 @@ def top_confusions(matrix: np.ndarray, classes: list[str], count: int = TOP_CONF
 
 def check_dataset_fits(net: Any, dataset: Any) -> None:
     """Refuse a test set the model cannot have been trained for: another image shape, more
-    classes than it has outputs, or class names that differ from the model's (when both
-    have names rather than numbers)."""
+    classes than it has outputs, or class names that differ from the model's whenever the
+    data names its classes (numbers such as mnist's "0"-"9" included)."""
     if tuple(dataset.input_shape) != tuple(net.input_shape):
         raise DataError(
             f"the images of {dataset.name} have shape {list(dataset.input_shape)} (C, H, W) but the "
@@ -87,18 +87,13 @@ def check_dataset_fits(net: Any, dataset: Any) -> None:
             f"{dataset.name} has {len(dataset.classes)} classes but the model has {len(net.classes)} "
             f"({', '.join(net.classes)})"
         )
-    if not _numbered(dataset.classes) and not _numbered(net.classes):
-        for index, (ours, theirs) in enumerate(zip(net.classes, dataset.classes, strict=False)):
-            if ours != theirs:
-                raise DataError(
-                    f"class {index} of {dataset.name} is {theirs!r} but the model's class {index} is "
-                    f"{ours!r}; the model was trained on other classes"
-                )
-
-
-def _numbered(classes: list[str]) -> bool:
-    """Whether class names are just the label numbers (no names were given)."""
-    return list(classes) == [str(index) for index in range(len(classes))]
+    if getattr(dataset, "named_classes", False):
+        theirs = list(dataset.classes)
+        if list(net.classes[: len(theirs)]) != theirs:
+            raise DataError(
+                f"{dataset.name} names its classes {', '.join(theirs)} but the model's are "
+                f"{', '.join(net.classes)}; the model was trained on other classes"
+            )
 
 
 def classification_report(bundle: Any, dataset: Any) -> dict[str, Any]:

@@ -29,6 +29,35 @@ class Optimizer:
         self.offsets = net.param_offsets
         self.steps = 0
         self.flat_slots = {name: aligned_zeros(self.flat_param.size) for name in self.slot_names}
+        self.frozen: list[tuple[int, int]] = []  # (start, stop) ranges of flat_param kept fixed
+        self._frozen_values = np.empty(0, np.float32)
+
+    def freeze(self, keys: list[str]) -> None:
+        """Keep the parameters `keys` ("<layer>.<param>") fixed: every step zeroes their
+        gradients before the update (so no moments build up) and puts their values back
+        after it (so weight decay does not shrink them either)."""
+        ranges = []
+        for key in keys:
+            offset, shape = self.offsets[key]
+            ranges.append((offset, offset + int(np.prod(shape))))
+        self.frozen = sorted(ranges)
+        self._frozen_values = np.empty(sum(stop - start for start, stop in ranges), np.float32)
+
+    def step(self) -> None:
+        """Apply the gradients; frozen parameters stay as they are."""
+        if not self.frozen:
+            self.update()
+            return
+        at = 0
+        for start, stop in self.frozen:
+            self.flat_grad[start:stop] = 0.0
+            self._frozen_values[at : at + stop - start] = self.flat_param[start:stop]
+            at += stop - start
+        self.update()
+        at = 0
+        for start, stop in self.frozen:
+            self.flat_param[start:stop] = self._frozen_values[at : at + stop - start]
+            at += stop - start
 
     @property
     def slots(self) -> dict[str, dict[str, np.ndarray]]:
@@ -41,7 +70,8 @@ class Optimizer:
             for name, flat in self.flat_slots.items()
         }
 
-    def step(self) -> None:
+    def update(self) -> None:
+        """One update of every parameter from its gradient (the optimizer's rule)."""
         raise NotImplementedError
 
     def zero_grad(self) -> None:
@@ -99,7 +129,7 @@ class SGD(Optimizer):
             "nesterov": self.nesterov,
         }
 
-    def step(self) -> None:
+    def update(self) -> None:
         sgd_update(
             self.flat_param, self.flat_grad, self.flat_slots["velocity"], self.lr, self.momentum,
             self.dampening, self.weight_decay, self.nesterov, self.steps == 0,
@@ -134,7 +164,7 @@ class Adam(Optimizer):
     def hyperparameters(self) -> dict[str, Any]:
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
-    def step(self) -> None:
+    def update(self) -> None:
         self.steps += 1
         adam_update(
             self.flat_param, self.flat_grad, self.flat_slots["exp_avg"], self.flat_slots["exp_avg_sq"],

@@ -1,4 +1,5 @@
-"""Pictures of a training history: loss and accuracy, training and validation, per epoch.
+"""Pictures of a training history: loss and accuracy, training and validation, and the
+learning rate, per epoch.
 
 Built on a bare matplotlib `Figure` with the Agg canvas (no pyplot, no display, no global
 state), so it works on servers and in threads. matplotlib is an optional dependency:
@@ -27,19 +28,22 @@ def require_matplotlib() -> Any:
 
 
 def history_figure(history: list[dict], *, title: str | None = None, best_epoch: int | None = None) -> Any:
-    """A figure with two panels, loss and accuracy against the epoch, each with a
-    `training` line and, where the history has validation scores, a `validation` line;
-    a dotted vertical line marks `best_epoch` (early stopping's pick)."""
+    """A figure with panels of loss and accuracy against the epoch, each with a `training`
+    line and, where the history has validation scores, a `validation` line, and a third
+    panel of the learning rate each epoch ended with (where the history records it); a
+    dotted vertical line marks `best_epoch` (early stopping's pick)."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    FigureCanvasAgg(figure)
     epochs = [record["epoch"] for record in history]
+    rates = [value(record.get("lr")) for record in history]
+    panels = len(SERIES) + (not all(math.isnan(rate) for rate in rates))
+    figure = Figure(figsize=(5 * panels, 4), layout="constrained")
+    FigureCanvasAgg(figure)
     for index, (key, label) in enumerate(SERIES):
-        axes = figure.add_subplot(1, 2, index + 1)
+        axes = figure.add_subplot(1, panels, index + 1)
         axes.plot(epochs, [value(record.get(key)) for record in history], "o-", label="training")
         validation = [value(record.get(f"val_{key}")) for record in history]
         if any(not math.isnan(v) for v in validation):
@@ -49,6 +53,17 @@ def history_figure(history: list[dict], *, title: str | None = None, best_epoch:
         axes.set_xlabel("epoch")
         axes.set_ylabel(label)
         axes.set_title(label)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.legend()
+    if panels > len(SERIES):
+        axes = figure.add_subplot(1, panels, panels)
+        axes.plot(epochs, rates, "o-", color="tab:green", label="rate")
+        if all(rate > 0 for rate in rates if not math.isnan(rate)):
+            axes.set_yscale("log")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("learning rate")
+        axes.set_title("learning rate")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         axes.legend()

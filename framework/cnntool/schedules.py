@@ -56,6 +56,12 @@ class Schedule:
     def end_epoch(self, epoch: int, metric: float | None) -> None:
         """Called after epoch `epoch` with the monitored metric's value."""
 
+    def set_base_rate(self, lr: float) -> None:
+        """Continue from the base rate `lr` (a resumed run given a new --lr)."""
+        if not lr > 0:
+            raise CnntoolError(f"Invalid value for `lr`. Expected a positive float. Received: lr={lr}")
+        self.lr = float(lr)
+
     def state_dict(self) -> dict[str, Any]:
         """What resuming needs beyond the options (JSON-safe)."""
         return {}
@@ -128,6 +134,10 @@ class ReduceOnPlateau(Schedule):
             if self.current - reduced > 1e-8:
                 self.current = reduced
             self.bad_epochs = 0
+
+    def set_base_rate(self, lr: float) -> None:
+        super().set_base_rate(lr)
+        self.current = self.lr
 
     def state_dict(self) -> dict[str, Any]:
         return {"current": self.current, "best": self.best, "bad_epochs": self.bad_epochs}

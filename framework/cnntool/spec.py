@@ -71,6 +71,25 @@ class TrainingConfig(BaseModel):
         default=0, description="Write the bundle, with everything needed to resume, every N epochs (0: off)."
     )
     log: str | None = Field(default=None, description="File receiving one JSON line per epoch.")
+    init_from: str | None = Field(
+        default=None,
+        description="Bundle whose weights start training: layers matched by name and shape are loaded, "
+        "the others initialised (fine-tuning).",
+    )
+    freeze: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list, description="Layers whose parameters training keeps fixed."
+    )
+    augment_shift: Annotated[int, Field(ge=0, le=1024)] = Field(
+        default=0,
+        description="Augmentation: shift each training image by up to this many pixels (edges repeated).",
+    )
+    augment_crop_padding: Annotated[int, Field(ge=0, le=1024)] = Field(
+        default=0, description="Augmentation: pad by this many pixels (zeros) and crop back at random."
+    )
+    augment_flip: bool = Field(default=False, description="Augmentation: flip half the images left-right.")
+    augment_rotation: Annotated[float, Field(ge=0, le=180)] = Field(
+        default=0.0, description="Augmentation: rotate by up to this many degrees either way."
+    )
 
 
 class SpecBase(BaseModel):

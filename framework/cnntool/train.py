@@ -26,6 +26,9 @@ from cnntool.kernels.batch import gather_batch
 
 EpochCallback = Callable[[dict], None]
 BatchCallback = Callable[[int, int], None]
+# Called with None before the kernels are compiled (or loaded from the cache), then with
+# the seconds it took.
+CompileCallback = Callable[[float | None], None]
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 
 
@@ -137,7 +140,9 @@ class Trainer:
         schedule: Any = None,
         early_stopping: EarlyStopping | None = None,
         monitor: str | None = None,
+        augment: Any = None,
     ) -> None:
+        from cnntool.augmentation import Augmenter
         from cnntool.schedules import Schedule
 
         self.net, self.optimizer, self.batch_size, self.seed = net, optimizer, int(batch_size), int(seed)
@@ -151,6 +156,12 @@ class Trainer:
         if self.val_source is not None:
             check_labels(self.val_source.y, net.output_shape[0], "validation")
         self.batches = math.ceil(len(self.source) / self.batch_size)
+        # Random shifts, crops, flips and rotations of the training batches (options with
+        # augment_* fields; off when None or all zero). Padding is raw pixel 0.
+        augmenter = (
+            Augmenter(augment, self.seed, -self.source.mean * self.source.inv_std) if augment else None
+        )
+        self.augmenter = augmenter if augmenter is not None and augmenter.active else None
         self.schedule = schedule or Schedule(optimizer.lr)
         self.schedule.steps_per_epoch = self.batches
         self.early_stopping = early_stopping
@@ -173,6 +184,8 @@ class Trainer:
         self.best_params: np.ndarray | None = None
         self.best_state: np.ndarray | None = None
         self.stop_requested = False
+        self.compile_seconds: float | None = None  # this process's compile, kept out of epochs
+        self.lr_changed: dict | None = None  # a new rate set on resuming, for the next record
 
     # --- running ---------------------------------------------------------------------------
 
@@ -188,10 +201,13 @@ class Trainer:
         on_batch: BatchCallback | None = None,
         on_checkpoint: Callable[[], None] | None = None,
         checkpoint_every: int = 0,
+        on_compile: CompileCallback | None = None,
     ) -> str:
         """Train until `epochs` epochs are done in all; returns "finished", "stopped_early"
         (early stopping), or "interrupted" (request_stop; the state is at a step boundary).
-        `on_checkpoint` is called after every `checkpoint_every`-th epoch but the last."""
+        `on_checkpoint` is called after every `checkpoint_every`-th epoch but the last.
+        The kernels are compiled before the first epoch's clock starts (`compile_seconds`),
+        so an epoch's `seconds` are training alone."""
         net, optimizer, state, schedule, source = (
             self.net,
             self.optimizer,
@@ -201,6 +217,20 @@ class Trainer:
         )
         n, batch_size = len(source), self.batch_size
         net.random[:] = (self.seed, state.random_step)
+        if state.epoch < epochs and self.compile_seconds is None:
+            from cnntool.warmup import compile_for_training
+
+            if on_compile is not None:
+                on_compile(None)
+            started = time.perf_counter()
+            size = min(batch_size, n)
+            xb, _ = source.batch(np.arange(size), 0, size)  # the gathering kernel
+            if self.augmenter is not None:
+                self.augmenter(xb, 0)
+            compile_for_training(net, optimizer, size)
+            self.compile_seconds = time.perf_counter() - started
+            if on_compile is not None:
+                on_compile(self.compile_seconds)
         while state.epoch < epochs:
             if self.early_stopping is not None and self.early_stopping.stopped:
                 return "stopped_early"
@@ -217,6 +247,8 @@ class Trainer:
                     optimizer.lr = schedule.rate(epoch, index)
                 start = index * batch_size
                 xb, yb = source.batch(order, start, min(batch_size, n - start))
+                if self.augmenter is not None:
+                    xb = self.augmenter(xb, epoch * self.batches + index)
                 loss, correct = net.train_step(xb, yb)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
@@ -246,6 +278,13 @@ class Trainer:
             return "stopped_early"
         return "finished"
 
+    def change_lr(self, lr: float, previous: float) -> None:
+        """Continue with the base learning rate `lr` instead of `previous` (resuming with a
+        new --lr): the schedule restarts from it, and the next epoch's record notes it."""
+        self.schedule.set_base_rate(lr)
+        self.optimizer.lr = lr
+        self.lr_changed = {"from": float(previous), "to": float(lr)}
+
     def end_epoch(self) -> dict:
         """Score the finished epoch, update early stopping and the schedule, move on."""
         state, n = self.state, len(self.source)
@@ -257,6 +296,8 @@ class Trainer:
             "val_accuracy": None,
             "lr": self.optimizer.lr,
         }
+        if self.lr_changed is not None:
+            record["lr_changed"], self.lr_changed = self.lr_changed, None
         started = time.perf_counter()
         if self.val_source is not None:
             scores = score(self.net, self.val_source)

@@ -31,8 +31,9 @@ import numpy as np
 
 from cnntool.errors import CnntoolError, DataError, SpecError
 
-# Options a resumed run may change; any other would make it a different run.
-RESUMABLE = ("epochs", "checkpoint_every", "log", "data")
+# Options a resumed run may change; any other would make it a different run. A new `lr`
+# restarts the schedule from it and is noted in the history (`lr_changed`).
+RESUMABLE = ("epochs", "checkpoint_every", "log", "data", "lr")
 TRAINING_SLOTS = ("current_params", "current_state")
 
 
@@ -60,6 +61,7 @@ class TrainingRun:
     threads: int
     trainer: Any = None
     resumed_from: dict | None = field(default=None)
+    init_report: list[str] = field(default_factory=list)
 
     @property
     def lr(self) -> float:
@@ -67,7 +69,13 @@ class TrainingRun:
 
     @classmethod
     def prepare(
-        cls, spec_source: Any, out: str | Path, overrides: dict[str, Any], *, threads: int | None = None
+        cls,
+        spec_source: Any,
+        out: str | Path,
+        overrides: dict[str, Any],
+        *,
+        threads: int | None = None,
+        classes_from_data: bool = False,
     ) -> TrainingRun:
         """Validate everything that can be wrong before the first step: spec, options,
         output folder, dataset and its fit to the spec."""
@@ -86,11 +94,13 @@ class TrainingRun:
             )
         check_log(options.log)
         dataset = load_dataset(options.data)
-        spec = fit_spec_to_data(spec, dataset)
+        spec = fit_spec_to_data(spec, dataset, classes_from_data)
         spec = spec.model_copy(update={"training": options})
         count = set_threads(threads)
         net = Network.build(spec, np.random.default_rng(options.seed))
+        report = init_from_bundle(net, Path(options.init_from)) if options.init_from else []
         run = cls.assemble(spec, options, out, dataset, net, count)
+        run.init_report = report
         run.trainer = run.make_trainer()
         return run
 
@@ -102,11 +112,14 @@ class TrainingRun:
         *,
         out: str | Path | None = None,
         threads: int | None = None,
+        spec: Any = None,
     ) -> TrainingRun:
         """Continue the run saved in a bundle (a checkpoint, or a finished run to extend
         with a larger `epochs`), writing to `out` (default: the bundle itself). Only the
         options in RESUMABLE may differ from the stored ones; the thread count defaults to
-        the stored one, which bit-identical results need."""
+        the stored one, which bit-identical results need. A `spec` given too (the command
+        rerun with --resume added) must be the bundle's own; its training section counts as
+        options, below `overrides`."""
         from cnntool.bundle import load_bundle
         from cnntool.data import load_dataset
         from cnntool.spec import TrainingConfig
@@ -124,6 +137,10 @@ class TrainingRun:
             stored = merge_options(None, dict(bundle.meta.get("training") or {}), TrainingConfig)
         except SpecError as exc:
             raise CnntoolError(f"{path}: cannot resume: the stored {exc}") from None
+        if spec is not None:
+            overrides = {**spec_options(check_same_spec(spec, bundle.network.spec, path)), **{
+                key: value for key, value in overrides.items() if value is not None
+            }}  # fmt: skip
         refused = [
             f"--{key.replace('_', '-')} (stored {getattr(stored, key)!r}, given {value!r})"
             for key, value in overrides.items()
@@ -132,7 +149,7 @@ class TrainingRun:
         if refused:
             raise CnntoolError(
                 f"cannot change {', '.join(refused)} when resuming {path}: the run would no longer be the "
-                "one that was saved; only --epochs, --checkpoint-every, --log and --data may change"
+                "one that was saved; only --epochs, --checkpoint-every, --log, --data and --lr may change"
             )
         options = merge_options(stored, {key: overrides.get(key) for key in RESUMABLE}, TrainingConfig)
         status, done = saved.get("status"), saved.get("epoch")
@@ -165,6 +182,8 @@ class TrainingRun:
             run.optimizer.load_state_dict(bundle.optimizer)
             run.trainer = run.make_trainer()
             run.trainer.load_state_dict(saved, list(bundle.meta.get("history") or []), slots)
+            if options.lr is not None and options.lr != stored.lr:
+                run.trainer.change_lr(options.lr, bundle.optimizer["hyper"]["lr"])
         except CnntoolError as exc:
             raise CnntoolError(f"{path}: cannot resume: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -182,9 +201,13 @@ class TrainingRun:
         from cnntool.optim import OPTIMIZERS
 
         optimizer = make_optimizer(OPTIMIZERS[options.optimizer], net, options)
-        x_train, y_train, x_val, y_val = split_validation(
-            dataset.x_train, dataset.y_train, options.val_split, options.seed
-        )
+        optimizer.freeze(frozen_keys(net, options.freeze))
+        if dataset.x_val is not None:  # the source's own validation split (a val/ folder)
+            x_train, y_train, x_val, y_val = dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val
+        else:
+            x_train, y_train, x_val, y_val = split_validation(
+                dataset.x_train, dataset.y_train, options.val_split, options.seed
+            )
         return cls(
             spec, options, out, dataset, net, optimizer, x_train, y_train, x_val, y_val,
             preprocessing_for(dataset), threads,
@@ -205,10 +228,10 @@ class TrainingRun:
             preprocessing=self.preprocessing, seed=options.seed,
             validation=(self.x_val, self.y_val) if len(self.x_val) else None,
             schedule=make_schedule(options, self.optimizer.lr), early_stopping=early_stopping,
-            monitor=options.monitor,
+            monitor=options.monitor, augment=options,
         )  # fmt: skip
 
-    def run(self, on_epoch: Any = None, on_batch: Any = None) -> dict[str, Any]:
+    def run(self, on_epoch: Any = None, on_batch: Any = None, on_compile: Any = None) -> dict[str, Any]:
         """Train (checkpointing as asked), score on the test split, save the bundle; return
         what the CLI prints. Ctrl-C stops at the next step boundary, saves a checkpoint and
         raises TrainingInterrupted."""
@@ -235,7 +258,7 @@ class TrainingRun:
             with stop_on_interrupt(trainer):
                 status = trainer.run(
                     self.options.epochs, on_epoch=epoch_done, on_batch=on_batch, on_checkpoint=checkpoint,
-                    checkpoint_every=self.options.checkpoint_every,
+                    checkpoint_every=self.options.checkpoint_every, on_compile=on_compile,
                 )  # fmt: skip
         if status == "interrupted":
             path = checkpoint("interrupted")
@@ -253,6 +276,7 @@ class TrainingRun:
             "epochs": trainer.state.epoch,
             "best_epoch": early.best_epoch if early is not None else None,
             "history": trainer.state.history,
+            "compile_seconds": trainer.compile_seconds,
             "test": test,
         }
 
@@ -279,6 +303,8 @@ class TrainingRun:
             "threads": self.threads,
             "test": test,
             "train_seconds": sum(record["seconds"] for record in history) + trainer.state.seconds,
+            # Compiling (or loading) the kernels, by the process that wrote this bundle.
+            "compile_seconds": trainer.compile_seconds,
             "resume": {**trainer.state_dict(), "status": status},
         }
         if trainer.early_stopping is not None:
@@ -340,6 +366,64 @@ def open_log(path: str | None, history: list[dict]) -> Iterator[IO[str] | None]:
         handle.close()
 
 
+def check_same_spec(source: Any, stored: Any, path: Path) -> Any:
+    """The spec `source`, validated, when it describes the network stored in the bundle at
+    `path` (its training section aside, and its classes when it names none); else a
+    CnntoolError saying what differs."""
+    from cnntool.spec import validate_spec
+
+    given = validate_spec(source)
+    differences = spec_differences(stored, given)
+    if differences:
+        raise CnntoolError(
+            f"{source} is not the spec {path} was trained from: {'; '.join(differences)}; resume with "
+            f"`cnntool train --resume {path}` alone, or train the changed spec with a new --out"
+        )
+    return given
+
+
+def spec_differences(stored: Any, given: Any) -> list[str]:
+    """What differs between two validated specs, by field and by layer (index and name)."""
+    differences = []
+    for key in ("name", "input_shape", "classes"):
+        old, new = getattr(stored, key), getattr(given, key)
+        if key == "classes" and new is None:
+            continue
+        if (list(old) if isinstance(old, tuple) else old) != (list(new) if isinstance(new, tuple) else new):
+            differences.append(f"{key} (stored {short_value(old)}, given {short_value(new)})")
+    old_layers = [layer.model_dump(mode="json") for layer in stored.layers]
+    new_layers = [layer.model_dump(mode="json") for layer in given.layers]
+    if len(old_layers) != len(new_layers):
+        differences.append(f"{len(old_layers)} layers stored, {len(new_layers)} given")
+    for index, (old, new) in enumerate(zip(old_layers, new_layers, strict=False)):
+        if old == new:
+            continue
+        if old.get("type") != new.get("type"):
+            differences.append(
+                f"layer {index} is {old.get('type')} {old.get('name')!r} in the bundle, "
+                f"{new.get('type')} {new.get('name')!r} in the spec"
+            )
+            continue
+        fields = [
+            f"{field} (stored {short_value(old.get(field))}, given {short_value(new.get(field))})"
+            for field in sorted(set(old) | set(new))
+            if old.get(field) != new.get(field)
+        ]
+        differences.append(f"layer {index} {old.get('name')!r}: {', '.join(fields)}")
+    return differences
+
+
+def short_value(value: Any) -> str:
+    from cnntool.spec import short_repr
+
+    return short_repr(list(value) if isinstance(value, tuple) else value)
+
+
+def spec_options(spec: Any) -> dict[str, Any]:
+    """The training options a spec sets explicitly."""
+    return spec.training.model_dump(exclude_unset=True) if spec.training is not None else {}
+
+
 def check_output(out: Path) -> Path:
     if not out.parent.is_dir():
         raise CnntoolError(f"cannot write {out}: folder {out.parent} does not exist")
@@ -392,9 +476,10 @@ def merge_options(from_spec: Any, overrides: dict[str, Any], model: Any) -> Any:
         raise
 
 
-def fit_spec_to_data(spec: Any, dataset: Any) -> Any:
+def fit_spec_to_data(spec: Any, dataset: Any, classes_from_data: bool = False) -> Any:
     """Check the spec's input shape and classes against the dataset; take the class names
-    from the dataset when the spec has none."""
+    from the dataset when the spec has none (or `classes_from_data`). When both name classes
+    they must agree: a model whose outputs carry another dataset's names predicts wrong labels."""
     from cnntool.spec import validate_spec
 
     if tuple(spec.input_shape) != tuple(dataset.input_shape):
@@ -402,21 +487,95 @@ def fit_spec_to_data(spec: Any, dataset: Any) -> Any:
             f"the spec's input_shape {list(spec.input_shape)} does not match the dataset's images "
             f'{list(dataset.input_shape)} ({dataset.name}); set "input_shape": {list(dataset.input_shape)}'
         )
-    if spec.classes is None:
+    theirs = list(dataset.classes)
+    if spec.classes is None or (classes_from_data and list(spec.classes) != theirs):
         data = spec.model_dump(mode="json", exclude_none=True)
-        data["classes"] = list(dataset.classes)
+        data["classes"] = theirs
         try:
             return validate_spec(data)
         except SpecError as exc:
-            raise SpecError(
-                f"{exc} (the dataset {dataset.name} has {len(dataset.classes)} classes)"
-            ) from None
-    if len(spec.classes) < len(dataset.classes):
+            raise SpecError(f"{exc} (the dataset {dataset.name} has {len(theirs)} classes)") from None
+    if len(spec.classes) < len(theirs):
         raise SpecError(
-            f"the dataset {dataset.name} has {len(dataset.classes)} classes but the spec names "
-            f"{len(spec.classes)}"
+            f"the dataset {dataset.name} has {len(theirs)} classes but the spec names {len(spec.classes)}"
+        )
+    if dataset.named_classes and list(spec.classes[: len(theirs)]) != theirs:
+        raise SpecError(
+            f"the spec's classes ({', '.join(spec.classes)}) are not the classes of {dataset.name} "
+            f'({", ".join(theirs)}); remove "classes" from the spec or pass --classes-from-data to take '
+            "the dataset's, or fix the spec's list"
         )
     return spec
+
+
+def init_from_bundle(net: Any, path: Path) -> list[str]:
+    """Copy into `net` the parameters and state of every layer of the bundle at `path` that
+    has the same name and the same shapes (fine-tuning); the rest keep their fresh
+    initialisation. Returns the report lines: what was loaded, changed and new."""
+    from cnntool.bundle import load_bundle
+
+    try:
+        source = load_bundle(path).network
+    except CnntoolError as exc:
+        raise CnntoolError(f"--init-from: {exc}") from None
+    theirs = {layer.name: layer for layer in source.layers}
+    loaded, changed, new = [], [], []
+    count = 0
+    for layer in net.layers:
+        arrays = {**layer.params, **layer.state}
+        if not arrays:
+            continue
+        other = theirs.get(layer.name)
+        if other is None:
+            new.append(layer.name)
+            continue
+        their_arrays = {**other.params, **other.state}
+        shapes = {key: tuple(value.shape) for key, value in arrays.items()}
+        their_shapes = {key: tuple(value.shape) for key, value in their_arrays.items()}
+        if shapes != their_shapes:
+            differing = [
+                f"{key} {their_shapes.get(key)} -> {shape}"
+                for key, shape in shapes.items()
+                if their_shapes.get(key) != shape
+            ]
+            changed.append(f"{layer.name} ({', '.join(differing) or 'other parameters'})")
+            continue
+        for key, value in arrays.items():
+            np.copyto(value, their_arrays[key])
+        loaded.append(layer.name)
+        count += sum(value.size for value in layer.params.values())
+    if not loaded:
+        raise CnntoolError(
+            f"--init-from {path}: no layer of {net.name!r} matches one of the bundle's by name and shapes "
+            f"(the bundle has {', '.join(theirs)}); name the layers to reuse as the bundle does"
+        )
+    report = [f"initialised from {path}: loaded {', '.join(loaded)} ({count} parameters)"]
+    if changed:
+        report.append(f"  other shapes, initialised anew: {'; '.join(changed)}")
+    if new:
+        report.append(f"  new, initialised: {', '.join(new)}")
+    return report
+
+
+def frozen_keys(net: Any, names: list[str]) -> list[str]:
+    """The parameter keys of the layers `names`; an unknown name or one without parameters
+    is an error naming the nearest layer."""
+    import difflib
+
+    with_params = [layer.name for layer in net.layers if layer.params]
+    keys = []
+    for name in names:
+        if name not in with_params:
+            nearest = difflib.get_close_matches(name, with_params, n=1, cutoff=0.4)
+            hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+            exists = any(layer.name == name for layer in net.layers)
+            kind = "has no parameters" if exists else "is not a layer"
+            raise CnntoolError(
+                f"--freeze {name}: {kind} of {net.name!r} (layers with parameters: "
+                f"{', '.join(with_params)}){hint}"
+            )
+        keys += [key for key in net.param_offsets if key.startswith(f"{name}.")]
+    return keys
 
 
 def make_optimizer(kind: Any, net: Any, options: Any) -> Any:

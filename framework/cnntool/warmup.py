@@ -36,6 +36,31 @@ def warm_up(net: Any, batch_size: int = 32) -> dict[str, float]:
     return timings
 
 
+def compile_for_training(net: Any, optimizer: Any, batch_size: int) -> None:
+    """Compile (or load from the cache) what a training epoch runs: `train_step` and
+    `evaluate` on a batch of zeros, and the optimizer's update; the network and the
+    optimizer are left as they were (weights, batch statistics, dropout step, slots, step
+    count; gradients zeroed)."""
+    from cnntool.threads import ensure_threads
+
+    ensure_threads()
+    random, params, state = net.random.copy(), net.flat_params.copy(), net.flat_state.copy()
+    slots = {name: flat.copy() for name, flat in optimizer.flat_slots.items()}
+    steps = optimizer.steps
+    x = np.zeros((batch_size, *net.input_shape), np.float32)
+    labels = np.zeros(batch_size, np.int64)
+    net.train_step(x, labels)
+    optimizer.step()
+    net.evaluate_batch(x, labels, np.empty(batch_size, np.int64))
+    net.random[:] = random
+    np.copyto(net.flat_params, params)
+    np.copyto(net.flat_state, state)
+    for name, flat in optimizer.flat_slots.items():
+        np.copyto(flat, slots[name])
+    optimizer.steps = steps
+    net.flat_grads.fill(0.0)
+
+
 def warm_batch(net: Any, n: int) -> dict[str, float]:
     """Seconds each compiled function takes on a batch of n zeros."""
     x = np.zeros((n, *net.input_shape), np.float32)

@@ -8,6 +8,7 @@ imported until a command runs, so `cnntool --help` stays fast.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import sys
 import warnings
@@ -16,6 +17,11 @@ from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
+
+try:  # Typer 0.24 and later carry their own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors
 
 from cnntool import __version__
 from cnntool.errors import CnntoolError
@@ -30,6 +36,40 @@ class CnntoolGroup(TyperGroup):
         global _debug
         _debug = "--debug" in args
         return super().parse_args(ctx, [arg for arg in args if arg != "--debug"])
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Click's main, with its usage errors (an unknown option, a bad value, a missing
+        argument) as one `error:` line naming the nearest valid option, exit code 2."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(0)
+        except click_errors.ClickException as exc:
+            typer.echo(f"error: {usage_error(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        except click_errors.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_error(exc: click_errors.ClickException) -> str:
+    """One line for a click error: the command, what was wrong, the option meant, the help."""
+    ctx = getattr(exc, "ctx", None)
+    where = f"{ctx.command_path}: " if ctx is not None else ""
+    help_hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    if isinstance(exc, click_errors.NoSuchOption) and ctx is not None:
+        names = [name for param in ctx.command.params for name in getattr(param, "opts", [])]
+        names += [name for param in ctx.command.params for name in getattr(param, "secondary_opts", [])]
+        names.append("--help")
+        guesses = difflib.get_close_matches(exc.option_name, names, n=1, cutoff=0.4)
+        nearest = f"; did you mean {guesses[0]}?" if guesses else ""
+        return f"{where}no such option {exc.option_name}{nearest}{help_hint}"
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    return f"{where}{message[:1].lower()}{message[1:]}{help_hint}"
 
 
 def user_errors(command: Callable) -> Callable:

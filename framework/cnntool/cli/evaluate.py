@@ -19,7 +19,7 @@ def evaluate(
         str | None,
         typer.Option(
             help="Dataset: mnist-sample, mnist, fashion-mnist, a folder (IDX files or class folders "
-            "of images) or an .npz [the named dataset the bundle was trained on]."
+            "of images) or an .npz [the dataset the bundle was trained on]."
         ),
     ] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="Threads for numba and BLAS.")] = None,
@@ -44,7 +44,8 @@ def evaluate(
 
 
 def recorded_dataset(bundle: Any) -> str:
-    """The named dataset a bundle was trained on, for `eval` without --data."""
+    """The dataset a bundle was trained on, for `eval` without --data: its name when it is a
+    named one, else the path it was read from, when that is still there."""
     from cnntool.data.catalog import NAMED
     from cnntool.data.sample import SAMPLE_NAME
     from cnntool.errors import DataError
@@ -55,9 +56,12 @@ def recorded_dataset(bundle: Any) -> str:
         return name
     if name is None:
         raise DataError(f"{bundle.path}: the bundle does not record its dataset; pass --data")
+    source = recorded.get("source")
+    if isinstance(source, str) and source and Path(source).exists():
+        return source
     raise DataError(
         f"{bundle.path}: trained on {name}, which is not a named dataset (mnist-sample, "
-        f"{', '.join(NAMED)}); pass --data {recorded.get('source') or name}"
+        f"{', '.join(NAMED)}) and {source or name} is not there any more; pass --data with where it is now"
     )
 
 

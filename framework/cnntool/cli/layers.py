@@ -57,7 +57,11 @@ def layers(
     console.print(table)
 
 
-def schema() -> None:
+def schema(
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Accepted for symmetry: the schema is always JSON.")
+    ] = False,
+) -> None:
     """Print the JSON Schema of network specs (for every installed layer type)."""
     from cnntool.registry import get_registry
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from time import perf_counter
 from typing import Any
 
 import typer
@@ -34,14 +35,17 @@ def format_epoch(record: dict, epochs: int) -> str:
 
 
 class EpochProgress:
-    """A progress bar per epoch on a terminal; one plain line per epoch otherwise."""
+    """A progress bar per epoch on a terminal, with images per second and the time left in
+    the epoch; one plain line per epoch otherwise. `console` (a rich Console) forces the bar."""
 
-    def __init__(self, epochs: int, enabled: bool = True) -> None:
+    def __init__(self, epochs: int, enabled: bool = True, batch_size: int = 1, console: Any = None) -> None:
         self.epochs = epochs
         self.enabled = enabled
+        self.batch_size = batch_size
         self.bar = None
         self.task = None
-        if enabled and stderr_is_terminal():
+        self.started: float | None = None  # when the first batch of this epoch ended
+        if enabled and (console is not None or stderr_is_terminal()):
             from rich.console import Console
             from rich.progress import (
                 BarColumn,
@@ -49,14 +53,18 @@ class EpochProgress:
                 Progress,
                 TextColumn,
                 TimeElapsedColumn,
+                TimeRemainingColumn,
             )
 
             self.bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn(),
-                console=Console(stderr=True),
+                TextColumn("left"),
+                TimeRemainingColumn(),
+                console=console or Console(stderr=True),
                 transient=True,
             )
 
@@ -72,18 +80,46 @@ class EpochProgress:
     def on_batch(self, done: int, total: int) -> None:
         if self.bar is None:
             return
+        now = perf_counter()
         if self.task is None:
-            self.task = self.bar.add_task("epoch", total=total)
-        if done % 16 == 0 or done == total:
-            self.bar.update(self.task, completed=done, description=f"epoch {self.epoch}/{self.epochs}")
+            self.task = self.bar.add_task("epoch", total=total, rate="")
+        if done == 1 or self.started is None:
+            self.started = now
+            return
+        if done % 8 == 0 or done == total:
+            rate = (done - 1) * self.batch_size / max(now - self.started, 1e-9)
+            self.bar.update(
+                self.task, completed=done, description=f"epoch {self.epoch}/{self.epochs}",
+                rate=f"{rate:,.0f} img/s",
+            )  # fmt: skip
 
     epoch = 1
+
+    def on_compile(self, seconds: float | None) -> None:
+        """ "compiling kernels (once per machine)..." before, its time after, on one line
+        (on a terminal, the bar shows it meanwhile)."""
+        message = "compiling kernels (once per machine)..."
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            if seconds is None:
+                self.task = self.bar.add_task(message, total=None, rate="")
+            else:
+                self.bar.console.print(f"{message} {seconds:.1f}s")
+                self.bar.remove_task(self.task)
+                self.task = None
+        elif seconds is None:
+            typer.echo(message, err=True, nl=False)
+            sys.stderr.flush()
+        else:
+            typer.echo(f" {seconds:.1f}s", err=True)
 
     def on_epoch(self, record: dict) -> None:
         if self.bar is not None:
             self.bar.console.print(format_epoch(record, self.epochs))
             if self.task is not None:
-                self.bar.reset(self.task)
+                self.bar.reset(self.task, rate="")
+            self.started = None
         elif self.enabled:
             note(format_epoch(record, self.epochs))
         self.epoch = record["epoch"] + 1

@@ -96,13 +96,57 @@ def train(
     ] = None,
     log: Annotated[
         str | None,
-        typer.Option(metavar="FILE", help="Write one JSON line per epoch to FILE as training runs."),
+        typer.Option(
+            metavar="FILE",
+            help="Write one JSON line per epoch to FILE as training runs (progress itself goes to stderr).",
+        ),
+    ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="BUNDLE",
+            help="Start from BUNDLE's weights (fine-tuning): layers of the same name and shapes are "
+            "loaded, the others initialised; a report says which.",
+            show_default=False,
+        ),
+    ] = None,
+    freeze: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME",
+            help="Keep this layer's parameters fixed (repeat, or separate names with commas).",
+            show_default=False,
+        ),
+    ] = None,
+    augment_shift: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PIXELS", help="Augment: shift images by up to PIXELS (edges repeated) [spec or 0]."
+        ),
+    ] = None,
+    augment_crop_padding: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PIXELS", help="Augment: pad by PIXELS of zeros, crop back at random [spec or 0]."
+        ),
+    ] = None,
+    augment_flip: Annotated[
+        bool | None,
+        typer.Option("--augment-flip/--no-augment-flip", help="Augment: flip half the images left-right."),
+    ] = None,
+    augment_rotation: Annotated[
+        float | None,
+        typer.Option(metavar="DEGREES", help="Augment: rotate by up to DEGREES either way [spec or 0]."),
     ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed for weights, shuffling, dropout and the split [spec or 0].")
     ] = None,
     val_split: Annotated[
-        float | None, typer.Option(help="Fraction of training data held out for validation [spec or 0.1].")
+        float | None,
+        typer.Option(
+            help="Fraction of training data held out for validation [spec or 0.1]; an image folder's "
+            "val/ replaces it."
+        ),
     ] = None,
     threads: Annotated[
         int | None,
@@ -111,13 +155,22 @@ def train(
             help="Threads for numba and BLAS [CNNTOOL_THREADS or all CPUs; with --resume the stored count].",
         ),
     ] = None,
+    classes_from_data: Annotated[
+        bool,
+        typer.Option(
+            "--classes-from-data",
+            help="Name the outputs with the dataset's classes instead of the spec's \"classes\".",
+        ),
+    ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="End with one JSON document on stdout.")
     ] = False,
 ) -> None:
     """Train a network on a dataset and save it as one bundle file.
 
-    Ctrl-C saves a checkpoint at the next step and exits with 130; `--resume` continues it.
+    Progress and messages go to stderr (a bar on a terminal, one line per epoch otherwise);
+    --log FILE keeps one JSON line per epoch, and --json puts the result on stdout. Ctrl-C
+    saves a checkpoint at the next step and exits with 130; --resume continues it.
     """
     from cnntool.training_run import TrainingInterrupted, TrainingRun
 
@@ -143,19 +196,21 @@ def train(
         "log": log,
         "seed": seed,
         "val_split": val_split,
+        "augment_shift": augment_shift,
+        "augment_crop_padding": augment_crop_padding,
+        "augment_flip": augment_flip,
+        "augment_rotation": augment_rotation,
+        "init_from": str(init_from) if init_from is not None else None,
+        "freeze": [name for item in freeze for name in item.split(",") if name] if freeze else None,
     }
     if resume is not None:
-        if spec is not None:
-            raise CnntoolError(
-                f"give either a spec ({spec}) or --resume {resume}, not both: a bundle holds its spec"
-            )
-        run = TrainingRun.resume(resume, overrides, out=out, threads=threads)
+        run = TrainingRun.resume(resume, overrides, out=out, threads=threads, spec=spec)
     else:
         if spec is None:
             raise CnntoolError("missing SPEC: give a network spec file, or --resume BUNDLE to continue a run")
         if out is None:
             raise CnntoolError("missing --out: give the bundle file to write, such as --out model.cnnb")
-        run = TrainingRun.prepare(spec, out, overrides, threads=threads)
+        run = TrainingRun.prepare(spec, out, overrides, threads=threads, classes_from_data=classes_from_data)
     state = run.trainer.state
     options = run.options
     schedule = "" if options.lr_schedule == "constant" else f" ({options.lr_schedule} schedule)"
@@ -164,13 +219,20 @@ def train(
         f"{len(run.x_train)} training, {len(run.x_val)} validation, {len(run.dataset.x_test)} test images; "
         f"{options.optimizer}, lr {run.lr}{schedule}, batch {options.batch_size}, {run.threads} threads"
     )
+    for line in run.init_report:
+        note(line)
+    if options.freeze:
+        frozen = sum(stop - start for start, stop in run.optimizer.frozen)
+        note(f"frozen: {', '.join(options.freeze)} ({frozen} parameters)")
     if run.resumed_from is not None:
         where = f", batch {state.batch} of {run.trainer.batches}" if state.batch else ""
         note(f"resuming {run.out} after epoch {state.epoch}{where}, up to epoch {options.epochs}")
-    with EpochProgress(options.epochs) as progress:
+    with EpochProgress(options.epochs, batch_size=options.batch_size) as progress:
         progress.epoch = state.epoch + 1
         try:
-            result = run.run(on_epoch=progress.on_epoch, on_batch=progress.on_batch)
+            result = run.run(
+                on_epoch=progress.on_epoch, on_batch=progress.on_batch, on_compile=progress.on_compile
+            )
         except TrainingInterrupted as stop:
             where = f", batch {stop.batch} of {stop.batches}" if stop.batch else ""
             note(

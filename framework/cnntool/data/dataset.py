@@ -52,6 +52,12 @@ class Dataset:
     y_test: np.ndarray
     classes: list[str]
     info: dict
+    # Whether the source names its classes (class folders, a named dataset, an .npz with
+    # `classes`) rather than leaving them as the label numbers.
+    named_classes: bool = False
+    # A validation split given by the source (an image folder's val/), else None.
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -122,9 +128,24 @@ def preprocessing_for(dataset: Dataset) -> dict:
     `preprocess` picks the pixel scale per array (see the module docs), so the scaling is
     the same for uint8 and float data: `DEFAULT_PREPROCESSING`. `image_fit` says how an
     image of another size is fitted at inference (see cnntool.data.images.IMAGE_FITS): a
-    plain resize for a folder of pictures, MNIST-style otherwise.
+    plain resize for a folder of pictures, MNIST-style otherwise. `background` is the
+    training images' background, onto which an input image's transparency is composited.
     """
-    return {**DEFAULT_PREPROCESSING, "image_fit": dataset.info.get("image_fit", "mnist")}
+    return {
+        **DEFAULT_PREPROCESSING,
+        "image_fit": dataset.info.get("image_fit", "mnist"),
+        "background": background_of(dataset.x_train),
+    }
+
+
+def background_of(x: np.ndarray, sample: int = 1000) -> str:
+    """ "dark" or "light": the median border pixel of (up to `sample` of) the images, which
+    is what transparency in an input image is composited onto (cnntool.data.images)."""
+    images = x[:: max(1, len(x) // sample)]
+    border = np.concatenate(
+        [images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1]], axis=-1
+    ).astype(np.float32)
+    return "light" if float(np.median(border)) * input_scale(x, DEFAULT_PREPROCESSING) > 0.5 else "dark"
 
 
 def input_scale(x: np.ndarray, preprocessing: dict) -> float:
@@ -166,7 +187,7 @@ def _load_idx_folder(folder: Path) -> Dataset:
         records.append(record)
     known = identify({key: record["sha256"] for key, record in zip(origins, records, strict=True)})
     if known is None:
-        return _assemble(str(folder), str(folder), arrays, origins, records)
+        return _assemble(str(folder), str(folder.absolute()), arrays, origins, records)
     arrays[CLASSES_KEY] = np.array(known.classes)
     origins[CLASSES_KEY] = f"the class names of {known.name}"
     return _assemble(known.name, str(folder), arrays, origins, records, known.provenance())
@@ -178,7 +199,7 @@ def _load_image_folder(folder: Path, input_shape: tuple[int, int, int] | None) -
     origins = {key: f"{folder}: {key}" for key in arrays}
     origins[CLASSES_KEY] = f"{folder}: class folders"
     provenance = {"images": record["images"], "image_fit": "resize"}
-    return _assemble(str(folder), str(folder), arrays, origins, record["files"], provenance)
+    return _assemble(str(folder), str(folder.absolute()), arrays, origins, record["files"], provenance)
 
 
 def _load_npz_file(path: Path) -> Dataset:
@@ -191,7 +212,7 @@ def _load_npz_file(path: Path) -> Dataset:
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     origins = {key: f"{path}: {key}" for key in arrays}
-    return _assemble(str(path), str(path), arrays, origins, [record])
+    return _assemble(str(path), str(path.absolute()), arrays, origins, [record])
 
 
 def _assemble(
@@ -224,7 +245,13 @@ def _assemble(
         "input_shape": [int(size) for size in x_train.shape[1:]],
         **(provenance or {}),
     }
-    return Dataset(name, x_train, y_train, x_test, y_test, classes, info)
+    named = arrays.get(CLASSES_KEY) is not None
+    x_val = y_val = None
+    if "x_val" in arrays:
+        x_val = _images(arrays["x_val"], origins["x_val"]).astype(x_train.dtype, copy=False)
+        y_val = _labels(arrays["y_val"], origins["y_val"], len(x_val), origins["x_val"])
+        info["val_size"] = len(x_val)
+    return Dataset(name, x_train, y_train, x_test, y_test, classes, info, named, x_val, y_val)
 
 
 def _images(x: np.ndarray, origin: str) -> np.ndarray:

@@ -3,13 +3,15 @@
     photos/                    photos/
       cat/  a.png b.jpg  ...     train/  cat/ ...  dog/ ...
       dog/  c.png ...            test/   cat/ ...  dog/ ...
+                                 val/    cat/ ...  dog/ ...   (optional)
 
 Class names are the sub-folder names, sorted; a class's label is its index in that list.
 Images may sit in nested folders inside their class folder; hidden files and files that are
 not images (by suffix) are skipped, and an image outside any class folder is an error.
 
 The test split is `test/` when the folder has `train/` and `test/`; otherwise TEST_FRACTION of
-each class is held out, chosen by a permutation seeded with SPLIT_SEED. The split depends on
+each class is held out, chosen by a permutation seeded with SPLIT_SEED. A `val/` folder beside
+them is the validation split (training then holds out nothing of train/). The split depends on
 the files alone, so `cnntool train` and `cnntool eval` see the same one.
 
 Every image is decoded (EXIF rotation applied, transparency flattened onto white) and
@@ -47,7 +49,7 @@ def read_image_folder(
     root: Path, input_shape: tuple[int, int, int] | None = None
 ) -> tuple[dict[str, np.ndarray], list[str], dict]:
     """The arrays (x_train, y_train, x_test, y_test), class names and a record of the folder."""
-    train_files, test_files, classes, split = _list_files(root)
+    train_files, test_files, val_files, classes, split = _list_files(root)
     if input_shape is not None:
         channels, height, width = input_shape
         if channels not in (1, 3):
@@ -60,7 +62,8 @@ def read_image_folder(
     digests: list[str] = []
     total_bytes = 0
     arrays, converted = {}, 0
-    for part, files in (("train", train_files), ("test", test_files)):
+    parts = [("train", train_files), ("test", test_files)] + ([("val", val_files)] if val_files else [])
+    for part, files in parts:
         x = np.empty((len(files), 1 if mode == "L" else 3, size[1], size[0]), np.uint8)
         for index, (path, _) in enumerate(files):
             data = _read(path)
@@ -75,15 +78,22 @@ def read_image_folder(
         "name": root.name or str(root),
         "sha256": manifest,
         "bytes": total_bytes,
-        "images": len(train_files) + len(test_files),
+        "images": len(train_files) + len(test_files) + len(val_files),
     }
     layout = {"mode": mode, "size": [size[0], size[1]], "resized": converted, "split": split}
     return arrays, classes, {"files": [record], "images": layout}
 
 
-def _list_files(root: Path) -> tuple[list, list, list[str], str]:
-    """(path, label) pairs for training and testing, the class names, and how it was split."""
+def _list_files(root: Path) -> tuple[list, list, list, list[str], str]:
+    """(path, label) pairs for training, testing and validation (empty without val/), the
+    class names, and how it was split."""
     split_dirs = {name: root / name for name in ("train", "test") if (root / name).is_dir()}
+    val_dir = root / "val"
+    if val_dir.is_dir() and len(split_dirs) != 2:
+        raise DataError(
+            f"{root}: has val/ but not both train/ and test/; a validation folder goes beside train/ "
+            "and test/ (each with one sub-folder per class)"
+        )
     if len(split_dirs) == 1:
         (present,) = split_dirs
         other = "test" if present == "train" else "train"
@@ -104,7 +114,19 @@ def _list_files(root: Path) -> tuple[list, list, list[str], str]:
         test = _class_files(split_dirs["test"], test_classes, labels=classes)
         if not test:
             raise DataError(f"{split_dirs['test']}: holds no images; put test images in test/<class>/")
-        return train, test, classes, "train/ and test/ folders"
+        if not val_dir.is_dir():
+            return train, test, [], classes, "train/ and test/ folders"
+        val_classes = _class_names(val_dir, minimum=0)
+        unknown = sorted(set(val_classes) - set(classes))
+        if unknown:
+            raise DataError(
+                f"{val_dir}: class folder {', '.join(unknown)} has no counterpart in {split_dirs['train']} "
+                f"(classes: {', '.join(classes)})"
+            )
+        val = _class_files(val_dir, val_classes, labels=classes)
+        if not val:
+            raise DataError(f"{val_dir}: holds no images; put validation images in val/<class>/")
+        return train, test, val, classes, "train/, val/ and test/ folders"
     classes = _class_names(root)
     everything = _class_files(root, classes, require_images=True)
     train, test = _hold_out(everything, len(classes))
@@ -113,7 +135,7 @@ def _list_files(root: Path) -> tuple[list, list, list[str], str]:
             f"{root}: too few images to hold out {TEST_FRACTION:.0%} of a class for testing (a class "
             "needs at least 3 images); add images, or give train/ and test/ folders"
         )
-    return train, test, classes, f"{TEST_FRACTION:.0%} of each class held out (seed {SPLIT_SEED})"
+    return train, test, [], classes, f"{TEST_FRACTION:.0%} of each class held out (seed {SPLIT_SEED})"
 
 
 def _class_names(folder: Path, minimum: int = 2) -> list[str]:

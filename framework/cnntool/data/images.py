@@ -1,10 +1,17 @@
 """Inputs for inference: image files (PNG, JPEG, anything Pillow opens) and .npy arrays.
 
-An image is turned into what the model takes, `(C, H, W)` uint8. One of the model's size is
-used pixel for pixel. A grayscale model given an image of another size gets it the way MNIST
-digits were made: light ink on a dark background (inverted if the background is light),
-cropped to the ink, scaled so its longer side fills 20/28 of the frame, and placed so its
-centre of mass sits at the centre. Colour models get a plain resize.
+An image is turned into what the model takes, `(C, H, W)` uint8, by the same fitting at
+every size. A grayscale model trained on digit-like data (`fit="mnist"`) gets it the way
+MNIST digits were made: light ink on a dark background (inverted if the background is light,
+the contrast stretched), cropped to the ink, scaled so its longer side fills 20/28 of the
+frame, and placed so its centre of mass sits at the centre; an image of the model's size
+whose ink is already framed that way keeps its framing. Other models get a plain resize (an
+image of their size is used pixel for pixel).
+
+Transparency is composited onto the background the model was trained on (`background`:
+"dark" or "light", recorded in the bundle's preprocessing; by default dark for `mnist`, light
+otherwise), unless the opaque content has that tone itself and would vanish: then onto the
+other one. A white digit on a transparent canvas thus stays a white digit.
 
 Every failure is an `InputError` that names the file: missing, unreadable, corrupt,
 truncated, too large to decode safely (Pillow's decompression-bomb limit), or of the wrong
@@ -12,6 +19,7 @@ shape.
 """
 
 import os
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,10 +43,24 @@ INK_THRESHOLD = 64
 # for models trained on a folder of pictures). A bundle records it as preprocessing's
 # `image_fit`.
 IMAGE_FITS = ("mnist", "resize")
+BACKGROUNDS = ("dark", "light")
+# An image of the model's size counts as framed MNIST-style when its ink fits the digit box
+# (this many pixels of slack) and its centre of mass lies this close to the frame's centre.
+FRAMED_SLACK = 1
+FRAMED_CENTRE = 1.5
+
+
+def default_background(fit: str) -> str:
+    """The background assumed when a bundle does not record one: MNIST-style models were
+    trained on light ink on black, others most likely on photos on a light ground."""
+    return "dark" if fit == "mnist" else "light"
 
 
 def load_input_file(
-    path: str | os.PathLike, input_shape: tuple[int, int, int], fit: str = "mnist"
+    path: str | os.PathLike,
+    input_shape: tuple[int, int, int],
+    fit: str = "mnist",
+    background: str | None = None,
 ) -> np.ndarray:
     """A batch `(N, C, H, W)` from an image (N = 1) or a .npy array; uint8 or float32."""
     path = Path(path)
@@ -46,28 +68,43 @@ def load_input_file(
         is_npy = file.read(len(NPY_MAGIC)) == NPY_MAGIC
     if is_npy or path.suffix.lower() == ".npy":
         return _load_npy(path, input_shape)
-    return load_image(path, input_shape, fit)[np.newaxis]
+    return load_image(path, input_shape, fit, background)[np.newaxis]
 
 
-def load_image(path: str | os.PathLike, input_shape: tuple[int, int, int], fit: str = "mnist") -> np.ndarray:
+def load_image(
+    path: str | os.PathLike,
+    input_shape: tuple[int, int, int],
+    fit: str = "mnist",
+    background: str | None = None,
+) -> np.ndarray:
     """The image at `path` as model input pixels, `(C, H, W)` uint8, for C of 1 or 3."""
     path = Path(path)
     _check_channels(path, input_shape)
     with _open(path) as file:
-        return read_image(file, input_shape, str(path), fit)
+        return read_image(file, input_shape, str(path), fit, background)
 
 
 def read_image(
-    file: BinaryIO, input_shape: tuple[int, int, int], where: str, fit: str = "mnist"
+    file: BinaryIO,
+    input_shape: tuple[int, int, int],
+    where: str,
+    fit: str = "mnist",
+    background: str | None = None,
 ) -> np.ndarray:
     """Like `load_image`, from an open binary file (an upload, a BytesIO); errors name `where`."""
     _check_channels(where, input_shape)
     channels, height, width = input_shape
-    image = decode_image(file, where, "L" if channels == 1 else "RGB")
-    if image.size == (width, height):
-        pixels = np.asarray(image)
-    elif channels == 1 and fit == "mnist":
+    background = background if background in BACKGROUNDS else default_background(fit)
+    image = decode_image(file, where, "L" if channels == 1 else "RGB", background)
+    if image.size == (1, 1) and (width, height) != (1, 1):
+        warnings.warn(
+            f"{where}: a 1x1 image holds no picture; the model sees one uniform {width}x{height} frame",
+            stacklevel=2,
+        )
+    if channels == 1 and fit == "mnist":
         pixels = _mnist_style(np.asarray(image), height, width)
+    elif image.size == (width, height):
+        pixels = np.asarray(image)
     else:
         pixels = np.asarray(image.resize((width, height), Image.Resampling.LANCZOS))
     if channels == 1:
@@ -96,8 +133,9 @@ def _open(path: Path):
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
 
 
-def decode_image(file: BinaryIO, where: str, mode: str) -> Image.Image:
-    """Decode fully and convert to `mode` ("L" or "RGB"), flattening alpha onto white."""
+def decode_image(file: BinaryIO, where: str, mode: str, background: str = "light") -> Image.Image:
+    """Decode fully and convert to `mode` ("L" or "RGB"), compositing transparency onto a
+    `background` ("dark" or "light"; the other one when the content has that tone)."""
     try:
         with Image.open(file) as image:
             pixels = image.width * image.height
@@ -106,7 +144,7 @@ def decode_image(file: BinaryIO, where: str, mode: str) -> Image.Image:
                     f"{pixels} pixels exceeds the limit of {Image.MAX_IMAGE_PIXELS}"
                 )
             image.load()
-            return _convert(ImageOps.exif_transpose(image), mode)
+            return _convert(ImageOps.exif_transpose(image), mode, background)
     except Image.DecompressionBombError as exc:
         raise InputError(f"{where}: image too large to decode safely ({exc})") from None
     except Image.UnidentifiedImageError:
@@ -117,10 +155,10 @@ def decode_image(file: BinaryIO, where: str, mode: str) -> Image.Image:
         raise InputError(f"{where}: corrupt or truncated image ({exc})") from exc
 
 
-def _convert(image: Image.Image, mode: str) -> Image.Image:
+def _convert(image: Image.Image, mode: str, background: str = "light") -> Image.Image:
     if "A" in image.getbands() or "transparency" in image.info:
         rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, _backdrop(rgba, background)), rgba)
     elif image.mode in ("I", "F") or image.mode.startswith("I;16"):
         # Pillow clips 16-bit and float values when converting to 8 bits; scale instead.
         values = np.asarray(image, dtype=np.float64)
@@ -132,8 +170,24 @@ def _convert(image: Image.Image, mode: str) -> Image.Image:
     return image.convert(mode)
 
 
+def _backdrop(rgba: Image.Image, background: str) -> str:
+    """The colour to composite onto: `background`, unless the opaque content is of its tone
+    (light ink on a model trained on light backgrounds, say), which would then vanish."""
+    pixels = np.asarray(rgba, dtype=np.float64)
+    alpha = pixels[..., 3] / 255
+    if alpha.sum() == 0:
+        return "white" if background == "light" else "black"
+    luma = pixels[..., :3] @ np.array([0.299, 0.587, 0.114])
+    content_is_light = (luma * alpha).sum() / alpha.sum() > 127.5
+    light = background == "light"
+    if content_is_light == light and alpha.min() < 0.5:
+        light = not light
+    return "white" if light else "black"
+
+
 def _mnist_style(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Light-on-dark, cropped to the ink, scaled into the digit box, centred by mass."""
+    """Light-on-dark, cropped to the ink, scaled into the digit box, centred by mass; an
+    image of the frame's size whose ink is already framed so keeps its framing."""
     border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
     if np.median(border) > 127:
         pixels = 255 - pixels
@@ -148,6 +202,8 @@ def _mnist_style(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     crop = stretched[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
     box = max(1, round(DIGIT_BOX_FRACTION * min(height, width)))
+    if stretched.shape == (height, width) and _framed(stretched, ink, box):
+        return stretched
     scale = box / max(crop.shape)
     digit_height = max(1, round(crop.shape[0] * scale))
     digit_width = max(1, round(crop.shape[1] * scale))
@@ -165,6 +221,19 @@ def _mnist_style(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     canvas = np.zeros((height, width), dtype=np.uint8)
     canvas[top : top + digit_height, left : left + digit_width] = digit
     return canvas
+
+
+def _framed(pixels: np.ndarray, ink: np.ndarray, box: int) -> bool:
+    """Whether the ink fits the digit box and its centre of mass is at the frame's centre."""
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 > box + FRAMED_SLACK:
+        return False
+    mass = pixels.astype(np.float64)
+    total = mass.sum()
+    centre_row = (mass.sum(axis=1) @ np.arange(pixels.shape[0])) / total
+    centre_col = (mass.sum(axis=0) @ np.arange(pixels.shape[1])) / total
+    middle_row, middle_col = (pixels.shape[0] - 1) / 2, (pixels.shape[1] - 1) / 2
+    return abs(centre_row - middle_row) <= FRAMED_CENTRE and abs(centre_col - middle_col) <= FRAMED_CENTRE
 
 
 def _load_npy(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
