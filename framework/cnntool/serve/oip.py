@@ -289,7 +289,11 @@ def tensor_array(tensor: RequestInput, binary: bytes) -> np.ndarray:
     if values.dtype.kind not in "iuf" and values.size:
         raise InputError(f"{where}: data must be numbers")
     if values.dtype.kind == "f" and dtype.kind in "iu":
-        raise InputError(f"{where}: datatype {tensor.datatype} takes integers; found fractional numbers")
+        # 77.0 is an integer to JSON (and to many JSON writers); 77.5 is not.
+        if not (np.isfinite(values).all() and (values == np.round(values)).all()):
+            raise InputError(f"{where}: datatype {tensor.datatype} takes integers; found fractional numbers")
+        if values.size and values.min() >= 0 and values.max() <= 255:  # else the range check refuses it
+            values = values.astype(np.int64)
     if values.size != count:
         raise InputError(f"{where}: shape {tensor.shape} holds {count} values; data has {values.size}")
     # Integers stay as they came (the pixel range check follows); floats take the datatype.
