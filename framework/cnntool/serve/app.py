@@ -79,6 +79,7 @@ TopK = Annotated[int, Query(ge=1, le=1000, description="Classes listed in `top`.
 
 def create_app(settings: ServeSettings, loaded: dict[str, Any] | None = None) -> FastAPI:
     """The app serving `settings.bundles` (some perhaps already loaded: `loaded`, by model name)."""
+    show_log_lines()
     metrics = ServerMetrics()
     models = ModelSet(settings, metrics, loaded)
     single = len(models.names) == 1
@@ -190,6 +191,17 @@ def create_app(settings: ServeSettings, loaded: dict[str, Any] | None = None) ->
         app.add_middleware(RequireKey, key=settings.api_key)
     app.add_middleware(ObserveRequests, metrics=metrics, routes=routes)
     return app
+
+
+def show_log_lines() -> None:
+    """Send the server's own log lines (models ready, swapped, refused) where uvicorn's go,
+    in its format; once per process."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
