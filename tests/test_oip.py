@@ -276,6 +276,11 @@ def test_v1_lists_and_addresses_each_model(server, bundles, expected):
     )
     response = server.client.post("/v1/models/nope/predict", json={"inputs": arrays["UINT8"].tolist()})
     assert response.status_code == 404
+    metrics = server.client.get("/metrics").text
+    # Counted by route template, not by the path of each model.
+    assert 'cnntool_requests_total{route="/v1/models/{name}/predict",method="POST",status="200"}' in metrics
+    assert 'cnntool_requests_total{route="/v1/models/{name}/predict",method="POST",status="404"}' in metrics
+    assert "/v1/models/fashion/predict" not in metrics
 
 
 # --- keys --------------------------------------------------------------------------------------

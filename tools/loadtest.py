@@ -362,8 +362,11 @@ async def run(
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(args.concurrency)), *([fault] if fault else []))
         seconds = time.perf_counter() - started
-        after = batch_stats(await (await session.get("/metrics")).text())
-        healthy = [(await session.get(path)).status for path in ("/healthz", "/readyz")] == [200, 200]
+        try:
+            after = batch_stats(await (await session.get("/metrics")).text())
+            healthy = [(await session.get(path)).status for path in ("/healthz", "/readyz")] == [200, 200]
+        except aiohttp.ClientError:  # the server is gone
+            after, healthy = before, False
     latencies = np.array(tally.latencies) * 1000
     batches = after.get("count", 0) - before.get("count", 0)
     inputs = after.get("sum", 0) - before.get("sum", 0)

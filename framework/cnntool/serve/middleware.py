@@ -106,8 +106,10 @@ class ObserveRequests:
         try:
             await self.app(scope, receive, observed_send)
         finally:
-            # Unknown paths and methods share one label, so scanners cannot grow the series.
-            route = scope["path"] if scope["path"] in self.routes else "other"
+            # A route's template labels it (/v1/models/{name}/predict); unknown paths and methods
+            # share one label, so scanners cannot grow the series.
+            template = getattr(scope.get("route"), "path", scope["path"])
+            route = template if template in self.routes else "other"
             method = scope["method"] if scope["method"] in METHODS else "other"
             self.metrics.observe_request(route, method, status, time.perf_counter() - started)
 
