@@ -38,3 +38,17 @@ def test_the_page_picks_a_model_and_names_its_classes(server, browser, root):  #
     np.testing.assert_allclose(
         [p for _, p in bars(browser)], answer["predictions"][0]["probabilities"], rtol=1e-6
     )
+
+
+def test_swagger_ui_renders_from_the_installed_assets(server, browser):  # noqa: F811
+    """The machine running the tests has no internet: Swagger UI rendering the operations
+    means its script and styles came from the server."""
+    page = server.client.get("/docs").text
+    assert "https://" not in page and "http://" not in page
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        response = server.client.get(f"/docs/assets/{asset}")
+        assert response.status_code == 200 and len(response.content) > 100_000
+    browser.get(server.url + "/docs")
+    count = wait_for(browser, "const n = document.querySelectorAll('.opblock').length; return n > 0 && n;")
+    paths = server.client.get("/openapi.json").json()["paths"]
+    assert count == sum(len(item) for item in paths.values())
