@@ -309,6 +309,10 @@ def test_an_api_key_guards_everything_but_health_and_metrics(bundles, tmp_path, 
                 }
                 assert response.headers["www-authenticate"] == "Bearer"
         good = {"Authorization": f"Bearer {KEY}"}
+        schema = server.client.get("/openapi.json", headers=good).json()
+        assert schema["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
+        assert schema["paths"]["/v2/models/{name}/infer"]["post"]["security"] == [{"bearer": []}]
+        assert "security" not in schema["paths"]["/v2/health/ready"]["get"]
         listed = server.client.get("/v1/models", headers=good).json()["models"]
         assert [m["model"] for m in listed] == ["mnist_seed", "fashion"]
         response = server.client.post("/v1/models/mnist_seed/predict", json=body, headers=good)

@@ -37,7 +37,7 @@ from cnntool import __version__
 from cnntool.errors import InputError
 from cnntool.serve import inputs, oip
 from cnntool.serve.metrics import ServerMetrics
-from cnntool.serve.middleware import LimitBody, ObserveRequests, RequireKey
+from cnntool.serve.middleware import OPEN_PATHS, LimitBody, ObserveRequests, RequireKey
 from cnntool.serve.models import ModelSet
 from cnntool.serve.schemas import (
     ErrorResponse,
@@ -373,6 +373,14 @@ def openapi_for(app: FastAPI, models: ModelSet) -> Callable[[], dict[str, Any]]:
                 item["post"]["requestBody"]["content"] = {
                     inputs.JSON_TYPE: {"schema": oip.infer_request_schema(shapes)}
                 }
+        if models.settings.api_key:  # every route but the open ones needs the bearer key
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+            for path, item in schema["paths"].items():
+                for operation in item.values():
+                    if path not in OPEN_PATHS:
+                        operation["security"] = [{"bearer": []}]
         if len(ready) == len(models.names):  # complete: keep it
             app.openapi_schema = schema
         return schema
