@@ -168,6 +168,19 @@ def test_a_wrong_shape_is_a_protocol_error(client, binary):
     )
 
 
+def test_version_1_is_the_model_and_others_unknown(client, expected):
+    arrays, answers = expected
+    assert client.is_model_ready("fashion", "1")
+    assert not client.is_model_ready("fashion", "2")
+    assert client.get_model_metadata("fashion", "1")["name"] == "fashion"
+    result = infer(client, "fashion", arrays["UINT8"], "UINT8", True, model_version="1")
+    assert result.as_numpy("index").tolist() == [r["index"] for r in answers["fashion", "UINT8"]]
+    with pytest.raises(InferenceServerException) as error:
+        infer(client, "fashion", arrays["UINT8"], "UINT8", True, model_version="2")
+    assert error.value.status() == "404"
+    assert error.value.message() == "model 'fashion' has no version '2'; its one version is '1'"
+
+
 def test_inference_on_an_unknown_model_is_404(client):
     with pytest.raises(InferenceServerException) as error:
         infer(client, "nope", np.zeros((1, 1, 28, 28), np.uint8), "UINT8", True)

@@ -38,7 +38,7 @@ from cnntool.errors import InputError
 from cnntool.serve import inputs, oip
 from cnntool.serve.metrics import ServerMetrics
 from cnntool.serve.middleware import OPEN_PATHS, LimitBody, ObserveRequests, RequireKey
-from cnntool.serve.models import ModelSet
+from cnntool.serve.models import ModelSet, UnknownModel
 from cnntool.serve.schemas import (
     ErrorResponse,
     ListedModel,
@@ -324,6 +324,31 @@ def add_v2_routes(app: FastAPI, models: ModelSet) -> None:
             media_type="application/octet-stream",
             headers={"Inference-Header-Content-Length": str(json_length)},
         )
+
+    # The same routes with a version, as clients send them when asked for one; a bundle is
+    # version "1" (left out of the schema: the unversioned routes document them).
+    async def metadata_of_version(name: ModelName, version: str) -> Any:
+        check_version(models, name, version)
+        return await metadata(name)
+
+    async def ready_of_version(name: ModelName, version: str) -> Any:
+        check_version(models, name, version)
+        return await model_ready(name)
+
+    async def infer_with_version(request: Request, name: ModelName, version: str) -> Response:
+        check_version(models, name, version)
+        return await infer(request, name)
+
+    versioned = "/v2/models/{name}/versions/{version}"
+    app.add_api_route(versioned, metadata_of_version, methods=["GET"], include_in_schema=False)
+    app.add_api_route(f"{versioned}/ready", ready_of_version, methods=["GET"], include_in_schema=False)
+    app.add_api_route(f"{versioned}/infer", infer_with_version, methods=["POST"], include_in_schema=False)
+
+
+def check_version(models: ModelSet, name: str, version: str) -> None:
+    models.get(name)  # an unknown model is 404 first
+    if version != "1":
+        raise UnknownModel(f"model {name!r} has no version {version!r}; its one version is '1'")
 
 
 def add_docs(app: FastAPI, models: ModelSet) -> None:
