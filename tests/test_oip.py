@@ -370,3 +370,21 @@ def test_a_non_loopback_host_needs_a_key(bundles):
             )
             assert result.returncode == 1
             assert result.stderr.startswith(f"error: cannot listen on 0.0.0.0:{port}"), result.stderr
+
+
+def test_serve_refuses_an_empty_folder_and_two_models_of_one_name(bundles, tmp_path):
+    result = run("serve", tmp_path)
+    assert result.returncode == 1
+    assert (
+        result.stderr
+        == f"error: {tmp_path}: is a folder without .cnnb bundles; name a bundle or a folder of them\n"
+    )
+    (tmp_path / "other").mkdir()
+    twin = tmp_path / "other" / "fashion.cnnb"
+    twin.write_bytes(bundles["fashion"].read_bytes())
+    result = run("serve", bundles["fashion"], twin)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: two bundles would both be model 'fashion': {bundles['fashion']} and {twin}; "
+        "rename one of them\n"
+    )
