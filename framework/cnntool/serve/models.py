@@ -50,7 +50,9 @@ def file_signature(path: str) -> FileSignature:
 class ModelSet:
     """Every served model, by name, each with its own kernel thread and micro-batcher."""
 
-    def __init__(self, settings: ServeSettings, metrics: ServerMetrics, loaded: dict[str, Any] | None = None):
+    def __init__(
+        self, settings: ServeSettings, metrics: ServerMetrics, loaded: dict[str, Any] | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         loaded = loaded or {}
