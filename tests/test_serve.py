@@ -271,7 +271,10 @@ IMAGE = [ROW] * 28
 JSON = {"content-type": "application/json"}
 NOT_A_LIST = '"inputs" must be a non-empty list of inputs, each of shape (1, 28, 28) or (28, 28)'
 NOISE_PNG = png(np.random.default_rng(0).integers(0, 256, (28, 28), np.uint8))
-NOT_AN_IMAGE = "not an image Pillow can read (PNG, JPEG, ...) nor a .npy array"
+NOT_AN_IMAGE = (
+    "not an image Pillow can read (PNG, JPEG, GIF, BMP, WebP, TIFF, ...); "
+    'send arrays as JSON {"inputs": [...]}'
+)
 ACCEPTED = (
     'send application/json ({"inputs": [...]}), an image (image/png, image/jpeg, image/gif, image/bmp, '
     "image/webp, image/tiff) or multipart/form-data image files"
@@ -331,9 +334,7 @@ def test_multipart_mistakes(server):
         "error": "multipart field 'note' is not a file; send each image as a file part"
     }
     response = server.client.post("/v1/predict", files=[("files", ("a.png", b"no image", "image/png"))])
-    assert response.json() == {
-        "error": "file 'a.png': not an image Pillow can read (PNG, JPEG, ...) nor a .npy array"
-    }
+    assert response.json() == {"error": f"file 'a.png': {NOT_AN_IMAGE}"}
 
 
 def test_oversized_bodies_are_refused_by_length_and_while_streaming(server):

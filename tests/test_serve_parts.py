@@ -167,7 +167,7 @@ def test_server_metrics_start_at_zero():
 def local_settings(bundle: str, **changes) -> ServeSettings:
     """Settings of a one-worker, one-thread server on loopback, with `changes`."""
     options = {
-        "bundle": bundle, "host": "127.0.0.1", "port": 0, "workers": 1, "threads": 1,
+        "bundles": [bundle], "host": "127.0.0.1", "port": 0, "workers": 1, "threads": 1,
         "max_body_bytes": 1 << 20, "max_batch": 8, "max_wait_ms": 1.0, "access_log": False,
     }  # fmt: skip
     return ServeSettings(**{**options, **changes})
@@ -215,7 +215,7 @@ def test_a_bundle_that_fails_to_load_keeps_the_server_unready(tmp_path):
             httpx.AsyncClient(transport=transport, base_url="http://test") as client,
             app.router.lifespan_context(app),
         ):
-            while app.state.service.failure is None:
+            while app.state.models.failure is None:
                 await asyncio.sleep(0.05)
             return await client.get("/readyz")
 
@@ -236,7 +236,7 @@ def test_a_request_during_start_up_waits_for_the_model(tmp_path, seed_spec_path)
             app.router.lifespan_context(app),
         ):
             # Sent at once, before warm-up has finished: answered when the model is ready.
-            assert not app.state.service.ready
+            assert not app.state.models.ready
             return await client.post("/v1/predict", json={"inputs": [[[0] * 28] * 28]})
 
     response = asyncio.run(main())

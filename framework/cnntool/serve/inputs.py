@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from cnntool.data import preprocess
 from cnntool.data.images import read_image
@@ -118,11 +119,29 @@ def image_inputs(
 ) -> np.ndarray:
     """Model input (N, C, H, W) float32 from image files given as (bytes, name for errors)."""
     fit = preprocessing.get("image_fit", "mnist")
+    for data, where in images:
+        check_image_format(data, where)
     batch = [
         preprocess(read_image(io.BytesIO(data), input_shape, where, fit)[np.newaxis], preprocessing)
         for data, where in images
     ]
     return np.concatenate(batch)
+
+
+def check_image_format(data: bytes, where: str) -> None:
+    """Refuse bytes Pillow cannot identify, naming what the server takes: images only (a .npy
+    array, which `cnntool infer` also reads, goes as JSON here). Identifying reads the header
+    only; damaged image data is left for the decoder to describe."""
+    try:
+        with Image.open(io.BytesIO(data)):
+            pass
+    except UnidentifiedImageError:
+        raise InputError(
+            f"{where}: not an image Pillow can read (PNG, JPEG, GIF, BMP, WebP, TIFF, ...); "
+            'send arrays as JSON {"inputs": [...]}'
+        ) from None
+    except Exception:  # corrupt data: decoding it says what is wrong
+        return
 
 
 def shape_text(input_shape: tuple[int, int, int]) -> str:

@@ -1,8 +1,8 @@
-"""The model behind the endpoints: load the bundle, compile its kernels, predict in batches.
+"""One model behind the endpoints: load its bundle, compile its kernels, predict in batches.
 
-Start-up runs off the event loop, in the one kernel thread, while the server already answers:
-`/healthz` is 200 at once, `/readyz` turns 200 once the bundle is loaded and one prediction
-has compiled (or loaded from numba's cache) every kernel.
+Start-up runs off the event loop, in the model's one kernel thread, while the server already
+answers: `/healthz` is 200 at once, `/readyz` turns 200 once every bundle is loaded and one
+prediction has compiled (or loaded from numba's cache) every kernel.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class ServeSettings(BaseModel):
     """What `cnntool serve` was asked for (its options hold the defaults); passed to worker
     processes as JSON."""
 
-    bundle: str
+    bundles: list[str] = Field(min_length=1, description="bundle files, one model each")
     host: str
     port: int = Field(ge=0, le=65535)
     workers: int = Field(ge=1)
@@ -39,6 +39,10 @@ class ServeSettings(BaseModel):
     access_log: bool
     ready_wait_s: float = Field(
         default=60.0, ge=0, description="How long a request waits for a model still loading before a 503."
+    )
+    api_key: str | None = Field(default=None, description="the bearer key every non-health route needs")
+    watch_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the bundle files are checked for a replacement."
     )
 
     def to_environment(self) -> None:
@@ -52,15 +56,20 @@ class ServeSettings(BaseModel):
 class ModelService:
     """One bundle, one kernel thread and the micro-batcher that feeds it."""
 
-    def __init__(self, settings: ServeSettings, metrics: ServerMetrics, bundle: Any = None) -> None:
+    def __init__(
+        self, name: str, path: str, settings: ServeSettings, metrics: ServerMetrics, bundle: Any = None
+    ) -> None:
         from cnntool.threads import set_threads
 
+        self.name = name
+        self.path = path
         self.settings = settings
         self.metrics = metrics
         self.bundle = bundle
         self.ready = False
         self.failure: str | None = None
         self.started = asyncio.Event()  # set once start() has finished, ready or failed
+        self.in_flight = 0  # requests holding this service (see ModelSet.use)
         # numba's thread count is per calling thread, so the kernel thread sets its own.
         self.executor = ThreadPoolExecutor(
             max_workers=1,
@@ -83,26 +92,20 @@ class ModelService:
             if self.bundle is None:
                 from cnntool.bundle import load_bundle
 
-                self.bundle = await loop.run_in_executor(self.executor, load_bundle, self.settings.bundle)
+                self.bundle = await loop.run_in_executor(self.executor, load_bundle, self.path)
             await loop.run_in_executor(self.executor, warm_up, self.bundle, [1, self.settings.max_batch])
         except Exception as exc:
-            self.failure = f"cannot serve {self.settings.bundle}: {exc}"
-            log.error(self.failure)
+            self.failure = f"cannot serve {self.path}: {exc}"
             self.started.set()
             return
-        info = self.info()
-        self.metrics.model.set(
-            info["name"],
-            info["digest"],
-            info["cnntool_version"],
-            str(info["parameters"]),
-            "x".join(map(str, info["input_shape"])),
-            value=1,
-        )
-        self.metrics.ready.set(value=1)
         self.ready = True
         self.started.set()
-        log.info("model %r ready (digest %s)", info["name"], info["digest"])
+
+    def info_labels(self) -> tuple[str, ...]:
+        """The labels of this model's `cnntool_model_info` sample."""
+        info = self.info()
+        shape = "x".join(map(str, info["input_shape"]))
+        return (info["name"], info["digest"], info["cnntool_version"], str(info["parameters"]), shape)
 
     async def wait_ready(self) -> bool:
         """Whether the model is ready, waiting up to `ready_wait_s` while it is still loading:
@@ -117,6 +120,15 @@ class ModelService:
         await self.batcher.close()
         self.executor.shutdown(wait=True)
 
+    async def retire(self, grace_s: float = 60.0) -> None:
+        """Stop once no request holds this service any more (it was swapped out), so the
+        requests it has taken are all answered by it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.stop()
+
     def run_network(self, inputs: np.ndarray) -> np.ndarray:
         """Probabilities for model-ready inputs; runs in the kernel thread only. Batches of
         any size share one workspace, sized at warm-up for the largest batch."""
@@ -127,8 +139,12 @@ class ModelService:
         from cnntool.predict import prediction_record
 
         classes = self.bundle.network.classes
-        probabilities = await self.batcher.predict(inputs)
+        probabilities = await self.probabilities(inputs)
         return [prediction_record(row, classes, min(top_k, len(classes))) for row in probabilities]
+
+    async def probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        """The class probabilities (N, classes) of model-ready inputs, computed in a batch."""
+        return await self.batcher.predict(inputs)
 
     def info(self) -> dict[str, Any]:
         """What `/v1/model` answers."""
