@@ -290,17 +290,23 @@ def ray_cluster(address: str | None) -> Iterator[Any]:
     started for the block and stopped after it; a Ray already initialised in this process is
     used as it is."""
     import logging
+    import warnings
 
     ray = import_ray()
+    # Ray's own notes (deprecated settings inside Ray, execution plans) are not the user's business.
+    warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+    for name in ("ray", "ray.data", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     if ray.is_initialized():
         yield ray
         return
     from cnntool.threads import available_cpus
 
     address = address or os.environ.get("RAY_ADDRESS") or None
-    options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     try:
         if address:
+            check_reachable(address)
             ray.init(address=address, **options)
         else:
             ray.init(address="local", num_cpus=available_cpus(), include_dashboard=False, **options)
@@ -310,6 +316,24 @@ def ray_cluster(address: str | None) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str) -> None:
+    """Fail in seconds, not after Ray's minutes of retries, when nothing listens at `address`
+    (host:port, or ray://host:port); "auto" and other forms are left to Ray."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise CnntoolError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start one with "
+            "`ray start --head` and pass the address it prints, or leave out --ray-address and RAY_ADDRESS "
+            "for a local cluster"
+        ) from None
 
 
 def cluster_cpus(ray: Any) -> int:
@@ -329,12 +353,16 @@ def worker_threads(cpus: int, workers: int) -> int:
 class RayTaskRunner:
     """A Ray Data actor: loads the bundle once, sets its threads, then maps task rows to rows."""
 
-    def __init__(self, bundle_bytes: bytes, threads: int) -> None:
+    def __init__(self, bundle: list, threads: int) -> None:
+        import ray
+
         from cnntool.bundle import load_bundle_bytes
         from cnntool.threads import set_threads
 
         set_threads(threads)
-        self.runner = TaskRunner(load_bundle_bytes(bundle_bytes, "<bundle>"))
+        # The bundle's bytes are in Ray's object store, once for all workers; the reference
+        # comes inside a list so that Ray hands it over as it is.
+        self.runner = TaskRunner(load_bundle_bytes(ray.get(bundle[0]), "<bundle>"))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = []
@@ -357,19 +385,19 @@ def run_on_ray(
     from cnntool.bundle import load_bundle
     from cnntool.warmup import warm_up
 
-    bundle_bytes = Path(bundle_path).read_bytes()
     with ray_cluster(address) as ray:
         cpus = cluster_cpus(ray)
         workers = workers or cpus
         threads = worker_threads(cpus, workers)
         warm_up(load_bundle(bundle_path).network, batch_size)
+        bundle = ray.put(Path(bundle_path).read_bytes())
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
         dataset = ray.data.from_items([{"task": json.dumps(task)} for task in tasks])
         mapped = dataset.map_batches(
             RayTaskRunner,
-            fn_constructor_args=(bundle_bytes, threads),
+            fn_constructor_args=([bundle], threads),
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=threads,

@@ -3,6 +3,7 @@ write them to a file, here or on Ray."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -70,12 +71,15 @@ def infer(
     from cnntool import inference_run
     from cnntool.bundle import load_bundle
     from cnntool.predict import row_record
-    from cnntool.threads import set_threads
+    from cnntool.threads import available_cpus, set_threads
 
     if (workers is not None or ray_address is not None) and not use_ray:
-        raise CnntoolError("--workers and --ray-address need --ray")
+        typer.echo("error: --workers and --ray-address need --ray", err=True)
+        raise typer.Exit(2)
     if use_ray:
         inference_run.import_ray()
+        if workers is not None and not (ray_address or os.environ.get("RAY_ADDRESS")):
+            inference_run.worker_threads(available_cpus(), workers)
     if out is not None:
         inference_run.output_format(out)
     loaded = load_bundle(bundle)
