@@ -416,7 +416,7 @@ def leaderboard(out_dir: Path, settings: SweepSettings, results: Any) -> dict:
                 if error_file.is_file()
                 else str(result.error).strip().splitlines()[-1]
             )
-        elif states.get(trial_id, "TERMINATED") != "TERMINATED":
+        elif states.get(trial_id) != "TERMINATED" or entry["epochs"] is None:
             entry["status"] = "unfinished"
         elif (entry["epochs"] or 0) < settings.epochs:
             entry["status"] = "stopped"
@@ -425,9 +425,8 @@ def leaderboard(out_dir: Path, settings: SweepSettings, results: Any) -> dict:
 
     def rank(entry: dict) -> tuple:
         value = entry[settings.metric]
-        usable = (
-            entry["bundle"] is not None and entry["status"] != "error" and isinstance(value, (int, float))
-        )
+        usable = entry["bundle"] is not None and entry["status"] in ("finished", "stopped")
+        usable = usable and isinstance(value, (int, float))
         return (0, sign * value, entry["id"]) if usable and math.isfinite(value) else (1, 0.0, entry["id"])
 
     trials.sort(key=rank)
@@ -438,7 +437,9 @@ def leaderboard(out_dir: Path, settings: SweepSettings, results: Any) -> dict:
     if best is not None:
         atomic_write(out_dir / "best.cnnb", Path(best["bundle"]).read_bytes())
     return {
-        "interrupted": any(entry["status"] == "unfinished" for entry in trials),
+        # Tune makes trials as slots free up, so an interrupted sweep may also lack some.
+        "interrupted": len(trials) < settings.trials
+        or any(entry["status"] == "unfinished" for entry in trials),
         "metric": settings.metric,
         "mode": settings.mode,
         "trials": trials,
