@@ -11,7 +11,8 @@ range and for every choice.
 Each trial is cnntool's own `TrainingRun` inside Ray Tune. After every epoch it writes its
 bundle (resumable) to `DIR/trials/<trial id>.cnnb` and reports the epoch's metrics, so the ASHA
 scheduler can stop a poor trial early and a stopped trial still leaves its model. A trial that
-fails writes its error beside it (`<trial id>.error`) and the sweep goes on. At the end every
+fails is tried once more (a worker that died continues from its bundle); one that fails again
+writes its error beside it (`<trial id>.error`) and the sweep goes on. At the end every
 trial bundle gets `meta.sweep` (trial id, config, seed, metric), the best is copied to
 `DIR/best.cnnb`, and `DIR/sweep.json` keeps the settings, so `--resume DIR` continues an
 interrupted sweep: Tune restarts the unfinished trials, which resume from their bundles.
@@ -202,6 +203,7 @@ def run_trial(config: dict, settings: dict, trials_dir: str, threads: int) -> No
 
     trial_id = tune.get_context().get_trial_id()
     out = Path(trials_dir) / f"{trial_id}.cnnb"
+    out.with_suffix(".error").unlink(missing_ok=True)
     try:
         spec, options = apply_config(settings["spec"], config)
         overrides = {
@@ -347,7 +349,7 @@ def run_sweep(
                     name=TUNE_FOLDER,
                     storage_path=str(out_dir),
                     verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=0),
+                    failure_config=tune.FailureConfig(max_failures=1),
                     callbacks=[report_callback(settings.metric, on_event)],
                 ),
             )
