@@ -379,17 +379,27 @@ def run_on_ray(
     workers: int | None,
     address: str | None,
     batch_size: int,
+    on_ready: Callable[[str], None] | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """The rows of each task, in order, computed by an actor pool on Ray Data. The kernel
-    cache is warmed here first, so the workers load compiled kernels instead of compiling."""
+    cache is warmed here first, so the workers load compiled kernels instead of compiling.
+    `on_ready` is told, in words, the cluster and the pool once Ray is up."""
+    import time
+
     from cnntool.bundle import load_bundle
     from cnntool.warmup import warm_up
 
+    started = time.perf_counter()
     with ray_cluster(address) as ray:
         cpus = cluster_cpus(ray)
         workers = workers or cpus
         threads = worker_threads(cpus, workers)
         warm_up(load_bundle(bundle_path).network, batch_size)
+        if on_ready is not None:
+            on_ready(
+                f"ray: {workers} worker{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)} on "
+                f"{cpus} CPUs, cluster up and kernels warm in {time.perf_counter() - started:.1f}s"
+            )
         bundle = ray.put(Path(bundle_path).read_bytes())
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True

@@ -85,15 +85,20 @@ def infer(
     loaded = load_bundle(bundle)
     net = loaded.network
     tasks = inference_run.make_tasks(inputs, net.input_shape, batch_size)
+    clock = {"started": time.perf_counter()}
+
+    def ready(message: str) -> None:
+        note(message)
+        clock["started"] = time.perf_counter()
+
     if use_ray:
         batches = inference_run.run_on_ray(
-            bundle, tasks, workers=workers, address=ray_address, batch_size=batch_size
+            bundle, tasks, workers=workers, address=ray_address, batch_size=batch_size, on_ready=ready
         )
     else:
         set_threads(threads)
         batches = inference_run.run_here(loaded, tasks)
     total = sum(inference_run.task_examples(task) for task in tasks)
-    started = time.perf_counter()
     failures: list[str] = []
     if out is None:
         records = []
@@ -112,7 +117,7 @@ def infer(
                 write(rows)
                 written += len(rows)
                 progress.advance(len(rows))
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - clock["started"]
         summary = (
             f"wrote {written} rows to {out} in {seconds:.2f}s ({written / max(seconds, 1e-9):,.0f} rows/s)"
         )
