@@ -344,6 +344,7 @@ def run_sweep(
                     scheduler=make_scheduler(settings),
                     search_alg=tune.search.BasicVariantGenerator(random_state=settings.seed),
                     trial_dirname_creator=lambda trial: trial.trial_id,
+                    reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
                     name=TUNE_FOLDER,
