@@ -212,7 +212,12 @@ def run_trial(config: dict, settings: dict, trials_dir: str, threads: int) -> No
             "epochs": settings["epochs"],
             "seed": settings["seed"],
         }
-        if resumable(out):
+        saved = saved_run(out)
+        if saved is not None and saved["epoch"] >= settings["epochs"]:
+            # Trained in full before the sweep was interrupted: report where it ended.
+            tune.report({key: value for key, value in saved["last"].items() if value is not None})
+            return
+        if saved is not None and saved["status"] in ("running", "interrupted"):
             run = TrainingRun.resume(out, {"epochs": settings["epochs"]}, threads=threads)
         else:
             run = TrainingRun.prepare(spec, out, overrides, threads=threads)
@@ -231,17 +236,21 @@ def run_trial(config: dict, settings: dict, trials_dir: str, threads: int) -> No
         raise
 
 
-def resumable(path: Path) -> bool:
-    """Whether a trial bundle holds an unfinished run to continue."""
+def saved_run(path: Path) -> dict | None:
+    """Where the run in a trial bundle stands (`status`, `epoch`, the `last` epoch's record),
+    or None without a readable bundle."""
     from cnntool.bundle import load_bundle
 
     if not path.is_file():
-        return False
+        return None
     try:
-        status = (load_bundle(path).meta.get("resume") or {}).get("status")
+        meta = load_bundle(path).meta
     except CnntoolError:
-        return False
-    return status in ("running", "interrupted")
+        return None
+    resume, history = meta.get("resume") or {}, meta.get("history") or []
+    if not isinstance(resume.get("epoch"), int) or not history:
+        return None
+    return {"status": resume.get("status"), "epoch": resume["epoch"], "last": history[-1]}
 
 
 # --- the sweep --------------------------------------------------------------------------
