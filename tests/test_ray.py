@@ -57,10 +57,9 @@ def rows(path):
 def test_same_rows_with_and_without_ray(bundle, held_out, tmp_path):
     root, pixels = held_out
     sources = [root / "images", root / "arrays.npy"]
-    # One thread here, as each of the two workers has: the batches are then cut alike and the
-    # rows are equal to the bit.
+    # Two threads here, one in each of the two workers: the rows are still equal to the bit.
     here = invoke(
-        "infer", bundle, *sources, "--out", tmp_path / "here.jsonl", "--batch-size", "16", "--threads", "1"
+        "infer", bundle, *sources, "--out", tmp_path / "here.jsonl", "--batch-size", "16", "--threads", "2"
     )
     on_ray = invoke(
         "infer",
@@ -92,8 +91,8 @@ def test_same_rows_with_and_without_ray(bundle, held_out, tmp_path):
 def test_one_worker_and_printing_give_the_same_predictions(bundle, held_out, tmp_path):
     root, _ = held_out
     image = root / "images" / "01.png"
-    printed = invoke("infer", bundle, image, "--json", "--threads", "1")
-    on_ray = invoke("infer", bundle, image, "--json", "--ray", "--workers", "1")
+    printed = invoke("infer", bundle, image, root / "arrays.npy", "--json", "--threads", "2")
+    on_ray = invoke("infer", bundle, image, root / "arrays.npy", "--json", "--ray", "--workers", "1")
     assert printed.exit_code == on_ray.exit_code == 0, on_ray.output
     assert json.loads(on_ray.stdout) == json.loads(printed.stdout)
 

@@ -30,12 +30,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cnntool.errors import CnntoolError, InputError
+from cnntool.network import MIN_EXAMPLES_PER_THREAD
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 ARRAY_SUFFIXES = {".npy": "npy", ".npz": "npz"}
 # In an .npz of several arrays, the one inferred on (a dataset .npz holds x_train and x_test).
 NPZ_KEYS = ("x_test", "x")
 RAY_HINT = "install the Ray extra: pip install 'cnntool[ray]'"
+# An example's probabilities depend, in the last bits, on the size of the piece of a batch it is
+# computed in, and the network cuts a batch into one piece per thread. Calls this small are
+# never cut, so the rows are the same whatever the thread count: here, or on Ray workers with
+# fewer threads each. (Their matrix products are too small for threads to pay anyway.)
+UNCUT = 2 * MIN_EXAMPLES_PER_THREAD - 1
 
 
 class Piece(NamedTuple):
@@ -239,7 +245,10 @@ class TaskRunner:
                 rows.append({"input": piece.input, "item": piece.start + offset if several else None})
             inputs.append(x)
         if inputs:
-            probabilities = self.net.predict_proba(np.concatenate(inputs))
+            x = np.concatenate(inputs)
+            probabilities = np.concatenate(
+                [self.net.predict_proba(x[start : start + UNCUT]) for start in range(0, len(x), UNCUT)]
+            )
             classes = self.net.classes
             for position, row in zip(predicted, probabilities, strict=True):
                 best = int(np.argmax(row))
