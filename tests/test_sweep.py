@@ -67,6 +67,7 @@ def test_four_trials_over_a_learning_rate_and_a_width(seed_spec_path, tmp_path):
         assert bundle.meta["training"]["lr"] == trial["config"]["lr"]
         assert bundle.spec["layers"][0]["filters"] == trial["config"]["layers.0.filters"]
         assert bundle.meta["history"][-1]["val_accuracy"] == trial["val_accuracy"]
+        assert bundle.meta["resume"]["status"] == "finished" and bundle.meta["test"]["examples"] == 1000
     assert len({t["config"]["lr"] for t in trials}) == 4
     assert board["best"]["id"] == trials[0]["id"]
     best = cnntool.load_bundle(out_dir / "best.cnnb")
@@ -94,9 +95,27 @@ def test_a_failed_trial_is_listed_with_its_error_and_the_others_finish(seed_spec
     assert "best: trial " + rows[0][1] in result.stdout
 
 
+def test_asha_stops_poor_trials_early_and_keeps_their_bundles(seed_spec_path, tmp_path):
+    args = sweep_args(
+        seed_spec_path, write_space(tmp_path, SPACE), tmp_path / "sweep", 6, "--scheduler", "asha"
+    )
+    args[args.index("--epochs") + 1] = "4"
+    args[args.index("--seed") + 1] = "0"
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, result.output
+    trials = json.loads(result.stdout)["trials"]
+    stopped = [t for t in trials if t["status"] == "stopped"]
+    assert stopped and all(t["status"] == "finished" and t["epochs"] == 4 for t in trials if t not in stopped)
+    for trial in stopped:
+        bundle = cnntool.load_bundle(trial["bundle"])
+        assert len(bundle.meta["history"]) == trial["epochs"] < 4
+        assert bundle.meta["sweep"]["config"] == trial["config"]
+
+
 def test_an_interrupted_sweep_resumes(seed_spec_path, tmp_path, cluster):
     out_dir = tmp_path / "sweep"
     args = sweep_args(seed_spec_path, write_space(tmp_path, SPACE), out_dir, 4, "--max-concurrent", "1")
+    args[args.index("--epochs") + 1] = "3"
     env = {**os.environ, "RAY_ADDRESS": cluster}
     first = subprocess.Popen([CNNTOOL, *map(str, args), "--json"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
@@ -104,23 +123,26 @@ def test_an_interrupted_sweep_resumes(seed_spec_path, tmp_path, cluster):
     while (
         not list((out_dir / "trials").glob("*.cnnb")) and time.monotonic() < deadline and first.poll() is None
     ):
-        time.sleep(0.5)
-    time.sleep(1)
+        time.sleep(0.2)
     first.send_signal(signal.SIGINT)
     stdout, stderr = first.communicate(timeout=120)
     assert first.returncode == 130, stderr
     assert f"continue the sweep with cnntool sweep --resume {out_dir}" in stderr
     interrupted = json.loads(stdout)
     assert interrupted["interrupted"]
-    done = {t["id"] for t in interrupted["trials"] if t["status"] == "finished"}
-    assert len(done) < 4
+    assert sum(t["status"] == "finished" for t in interrupted["trials"]) < 4
+    done = {
+        path.stem: len(cnntool.load_bundle(path).meta["history"])
+        for path in (out_dir / "trials").glob("*.cnnb")
+    }
 
     resumed = invoke("sweep", "--resume", out_dir, "--json")
     assert resumed.exit_code == 0, resumed.output
     board = json.loads(resumed.stdout)
     assert len(board["trials"]) == 4 and not board["interrupted"]
-    assert all(t["status"] == "finished" for t in board["trials"])
-    assert not any(f"trial {trial_id} epoch" in resumed.stderr for trial_id in done)
+    assert all(t["status"] == "finished" and t["epochs"] == 3 for t in board["trials"])
+    for trial_id, epochs in done.items():  # continued from its bundle, not trained again
+        assert f"trial {trial_id} epoch {epochs}:" not in resumed.stderr
     assert (out_dir / "best.cnnb").is_file()
 
 

@@ -222,15 +222,24 @@ def run_trial(config: dict, settings: dict, trials_dir: str, threads: int) -> No
         else:
             run = TrainingRun.prepare(spec, out, overrides, threads=threads)
 
+        def report(record: dict) -> None:
+            tune.report({key: value for key, value in record.items() if value is not None})
+
         def on_epoch(record: dict) -> None:
+            # The last epoch is reported once the final bundle is written: Tune may end the
+            # trial at any report, and the final write would then be lost.
+            if record["epoch"] >= settings["epochs"]:
+                return
             slots = run.trainer.publish()
             try:
                 run.write("running", slots, None)
             finally:
                 run.trainer.unpublish(slots)
-            tune.report({key: value for key, value in record.items() if value is not None})
+            report(record)
 
-        run.run(on_epoch=on_epoch)
+        result = run.run(on_epoch=on_epoch)
+        if result["epochs"] >= settings["epochs"]:
+            report(result["history"][-1])
     except Exception as exc:
         out.with_suffix(".error").write_text(str(exc) or type(exc).__name__, encoding="utf-8")
         raise
