@@ -126,11 +126,11 @@ def test_an_interrupted_sweep_resumes(seed_spec_path, tmp_path, cluster):
         time.sleep(0.2)
     first.send_signal(signal.SIGINT)
     stdout, stderr = first.communicate(timeout=120)
-    assert first.returncode == 130, stderr
+    assert first.returncode == 130, stdout + stderr
     assert f"continue the sweep with cnntool sweep --resume {out_dir}" in stderr
     interrupted = json.loads(stdout)
     assert interrupted["interrupted"]
-    assert sum(t["status"] == "finished" for t in interrupted["trials"]) < 4
+    assert sum(t["status"] == "finished" for t in interrupted["trials"]) < 4, stdout
     done = {
         path.stem: len(cnntool.load_bundle(path).meta["history"])
         for path in (out_dir / "trials").glob("*.cnnb")
@@ -142,7 +142,7 @@ def test_an_interrupted_sweep_resumes(seed_spec_path, tmp_path, cluster):
     assert len(board["trials"]) == 4 and not board["interrupted"]
     assert all(t["status"] == "finished" and t["epochs"] == 3 for t in board["trials"])
     for trial_id, epochs in done.items():  # continued from its bundle, not trained again
-        assert f"trial {trial_id} epoch {epochs}:" not in resumed.stderr
+        assert f"trial {trial_id} epoch {epochs}:" not in resumed.stderr, (done, stdout, resumed.stderr)
     assert (out_dir / "best.cnnb").is_file()
 
 
