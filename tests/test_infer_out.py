@@ -98,6 +98,18 @@ def test_arrays_and_idx_give_one_row_per_example_with_its_index(bundle, inputs, 
     np.testing.assert_allclose([row["probabilities"] for row in rows], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_an_unreadable_array_cut_into_pieces_is_one_error_row(bundle, tmp_path):
+    np.save(tmp_path / "wrong.npy", np.zeros((600, 27, 27), np.uint8))
+    out = tmp_path / "rows.jsonl"
+    result = invoke("infer", bundle, tmp_path / "wrong.npy", "--out", out, "--batch-size", "256")
+    assert result.exit_code == 1
+    [row] = read_jsonl(out)
+    assert (
+        row["error"] == f"{tmp_path / 'wrong.npy'}: array has shape (600, 27, 27); expected (1, 28, 28) or "
+        "(N, 1, 28, 28) or (28, 28) or (N, 28, 28)"
+    )
+
+
 def test_csv_and_parquet_hold_the_same_rows(bundle, inputs, tmp_path):
     args = ["infer", bundle, inputs["folder"], inputs["root"] / "batch.npy", "--out"]
     invoke(*args, tmp_path / "rows.jsonl")

@@ -237,7 +237,8 @@ class TaskRunner:
             try:
                 x = self.reader.model_input(piece)
             except CnntoolError as exc:
-                rows.append(error_row(piece.input, str(exc)))
+                if piece.start == 0:  # an input is one error row, however many pieces it was cut into
+                    rows.append(error_row(piece.input, str(exc)))
                 continue
             several = piece.kind != "image" or len(x) > 1
             for offset in range(len(x)):
