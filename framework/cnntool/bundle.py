@@ -28,9 +28,10 @@ import hashlib
 import math
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 import numpy as np
@@ -128,9 +129,19 @@ def save_bundle(net: Any, path: str | os.PathLike, meta: dict | None = None, opt
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Write to a temporary file beside `path`, fsync it, then rename over `path`. The file
-    gets the permissions a new file would (0666 less the umask), unlike a mkstemp file. A
-    failure (no permission, disk full) is a BundleError and leaves no temporary file."""
+    """Write `data` to `path` atomically (see `atomic_file`)."""
+    with atomic_file(path) as handle:
+        handle.write(data)
+    return checked_path(path, BundleError)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write, which becomes `path` only when the block ends without error:
+    a temporary file beside `path`, fsynced, then renamed over it. The file gets the
+    permissions a new file would (0666 less the umask), unlike a mkstemp file. A failure (no
+    permission, disk full, an exception in the block) leaves no temporary file and `path` as
+    it was; an OSError becomes a BundleError."""
     path = checked_path(path, BundleError)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
@@ -142,7 +153,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
         raise BundleError(f"{path}: cannot write: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -158,7 +169,6 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    return path
 
 
 def tensor_record(array: np.ndarray) -> dict:

@@ -30,22 +30,31 @@ def prediction_record(probabilities: np.ndarray, classes: list[str], top_k: int)
     }
 
 
+def row_record(row: dict[str, Any], classes: list[str], top_k: int) -> dict[str, Any]:
+    """A row of `cnntool.inference_run` as printed: its input, `item` (arrays only), then the
+    error, or the top class, the top-k classes and every probability."""
+    record: dict[str, Any] = {"input": row["input"]}
+    if row["item"] is not None:
+        record["item"] = row["item"]
+    if row["error"] is not None:
+        record["error"] = row["error"]
+        return record
+    record.update(prediction_record(np.array(row["probabilities"]), classes, top_k))
+    return record
+
+
 def predict_files(bundle: Any, paths: list[Path], top_k: int = 3) -> list[dict[str, Any]]:
-    """One record per example of every file (an image is one example, an array may hold many),
-    in order; each names its file as `input` (and `item` when the file held several)."""
-    from cnntool.data import load_input_file
+    """One record per example of every file (an image is one example, an array may hold many;
+    a folder is searched recursively for images), in order; each names its file as `input`
+    (and `item` for an array). The first input that cannot be read raises its InputError."""
+    from cnntool.errors import InputError
+    from cnntool.inference_run import make_tasks, run_here
 
     net = bundle.network
-    fit = bundle.preprocessing.get("image_fit", "mnist")
-    batches = [(path, load_input_file(path, net.input_shape, fit)) for path in paths]
     records = []
-    for path, x in batches:
-        probabilities = predict_raw(net, x, bundle.preprocessing)
-        several = x.shape[0] > 1 or Path(path).suffix.lower() == ".npy"
-        for item, row in enumerate(probabilities):
-            record = {"input": str(path)}
-            if several:
-                record["item"] = item
-            record.update(prediction_record(row, net.classes, top_k))
-            records.append(record)
+    for rows in run_here(bundle, make_tasks([Path(p) for p in paths], net.input_shape, 256)):
+        for row in rows:
+            if row["error"] is not None:
+                raise InputError(row["error"])
+            records.append(row_record(row, net.classes, top_k))
     return records

@@ -146,7 +146,7 @@ def root(
 
 
 def register() -> None:
-    from cnntool.cli import data, evaluate, infer, inspect, layers, plot, plugin, serve, train, warmup
+    from cnntool.cli import data, evaluate, infer, inspect, layers, plot, plugin, serve, sweep, train, warmup
 
     app.command("train")(user_errors(train.train))
     app.command("inspect")(user_errors(inspect.inspect))
@@ -154,6 +154,7 @@ def register() -> None:
     app.command("infer")(user_errors(infer.infer))
     app.command("eval")(user_errors(evaluate.evaluate))
     app.command("serve")(user_errors(serve.serve))
+    app.command("sweep")(user_errors(sweep.sweep))
     app.command("warmup")(user_errors(warmup.warmup))
     app.command("layers")(user_errors(layers.layers))
     app.command("schema")(user_errors(layers.schema))

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from cnntool.data.npz import read_npy
+from cnntool.data.pixels import check_pixel_values
 from cnntool.errors import InputError, checked_path
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -243,6 +244,12 @@ def _load_npy(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
             array = read_npy(file, os.fstat(file.fileno()).st_size)
         except (ValueError, OSError, EOFError) as exc:
             raise InputError(f"{path}: not a valid .npy array: {exc}") from exc
+    return input_batch(array, input_shape, str(path))
+
+
+def input_batch(array: np.ndarray, input_shape: tuple[int, int, int], where: str) -> np.ndarray:
+    """A batch `(N, C, H, W)`, uint8 or float32, from an array of shape (C, H, W) or
+    (N, C, H, W), or for C = 1 (H, W) or (N, H, W), its values checked; errors name `where`."""
     channels, height, width = input_shape
     if array.shape == (channels, height, width) or (channels == 1 and array.shape == (height, width)):
         batch = array.reshape(1, channels, height, width)
@@ -254,20 +261,19 @@ def _load_npy(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
         accepted = [f"{(channels, height, width)}", f"(N, {channels}, {height}, {width})"]
         if channels == 1:
             accepted += [f"{(height, width)}", f"(N, {height}, {width})"]
-        raise InputError(f"{path}: array has shape {array.shape}; expected {' or '.join(accepted)}")
+        raise InputError(f"{where}: array has shape {array.shape}; expected {' or '.join(accepted)}")
     if len(batch) == 0:
-        raise InputError(f"{path}: array holds no inputs (shape {array.shape})")
+        raise InputError(f"{where}: array holds no inputs (shape {array.shape})")
     if batch.dtype == np.uint8:
         return np.ascontiguousarray(batch)
     if batch.dtype.kind in "iu":
         low, high = int(batch.min()), int(batch.max())
         if low < 0 or high > 255:
-            raise InputError(f"{path}: integer pixels must lie in 0-255; found values {low} to {high}")
+            raise InputError(f"{where}: integer pixels must lie in 0-255; found values {low} to {high}")
         return np.ascontiguousarray(batch, dtype=np.uint8)
     if batch.dtype.kind == "f":
         with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
             batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if not np.isfinite(batch).all():
-            raise InputError(f"{path}: array contains NaN or infinite values")
+        check_pixel_values(batch, where)
         return batch
-    raise InputError(f"{path}: array has dtype {batch.dtype}; expected uint8, integers or floats")
+    raise InputError(f"{where}: array has dtype {batch.dtype}; expected uint8, integers or floats")

@@ -24,13 +24,13 @@ from PIL import Image, UnidentifiedImageError
 
 from cnntool.data import preprocess
 from cnntool.data.images import read_image
+from cnntool.data.pixels import check_pixel_values
 from cnntool.errors import InputError
 
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/tiff")
 ACCEPTED_TYPES = (JSON_TYPE, *IMAGE_TYPES, MULTIPART_TYPE)
-PIXEL_MAX = 255
 
 
 class UnsupportedMediaType(InputError):
@@ -104,13 +104,7 @@ def pixels_array(value: Any, where: str, input_shape: tuple[int, int, int]) -> n
         array = array[np.newaxis]
     if array.shape != (channels, height, width):
         raise InputError(f"{where}: has shape {array.shape}; expected {shape_text(input_shape)}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise InputError(f"{where}: contains NaN or infinite values")
-    low, high = array.min(), array.max()
-    if low < 0 or high > PIXEL_MAX:
-        raise InputError(
-            f"{where}: values must be pixels 0-255 or floats in [0, 1]; found values from {low:g} to {high:g}"
-        )
+    check_pixel_values(array, where)
     return array.astype(np.uint8 if array.dtype.kind in "iu" else np.float32)
 
 
