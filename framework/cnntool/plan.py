@@ -21,6 +21,7 @@ text, so the same network shape reuses the same compiled code in every process.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -501,6 +502,45 @@ def load_module(source: str) -> ModuleType:
     return module
 
 
+# numba runs other machine code in the process that compiles a function than in a process
+# that loads it from the cache (numba issue 10617), and the two differ in the last bits of a
+# float32 sum: a training run that compiled its plan ended with other weights than the same
+# run on a warm cache. So a plan is never compiled in the process that uses it: a child
+# process compiles it into the cache first, and every process runs the cached code.
+CHILD_ENV = "CNNTOOL_PLAN_CHILD"
+FUNCTIONS = ("predict", "forward", "backward", "train_step", "evaluate")
+CHILD_PROGRAM = """
+import json, sys
+from cnntool.network import Network
+from cnntool.warmup import warm_batch
+warm_batch(Network.from_spec(json.loads(sys.stdin.read())), 2)
+"""
+
+
+def is_cached(module: ModuleType) -> bool:
+    """Whether numba's cache holds code of every plan function, compiled by some process
+    (numba's own check, the index of each function for its source file's stamp)."""
+    try:
+        return all(getattr(module, name)._cache._cache_file._load_index() for name in FUNCTIONS)
+    except Exception:  # another numba: no way to tell, compile here
+        return False
+
+
+def compile_in_child(net: Any) -> None:
+    """Compile the network's plan into numba's cache in a child process. A network the
+    child cannot rebuild from its spec (layer types given to this process alone) compiles
+    in this process instead."""
+    import json
+    import subprocess
+
+    env = {**os.environ, CHILD_ENV: "1"}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [sys.executable, "-c", CHILD_PROGRAM], input=json.dumps(net.spec_dict()), env=env, text=True,
+            capture_output=True, timeout=1800, check=False,
+        )  # fmt: skip
+
+
 class Workspace:
     """The per-example and scratch pools of one worker thread, for batches of up to n
     examples (the compiled functions take the views a smaller batch needs from the front)."""
@@ -526,6 +566,8 @@ class Plan:
         self.dims = np.array(generator.dims, np.int64)
         self.reals = np.array(generator.reals, np.float64)
         self.module = load_module(self.source)
+        if not os.environ.get(CHILD_ENV) and not is_cached(self.module):
+            compile_in_child(net)
         self.workspaces: dict[int, Workspace] = {}
         # Counts workspace replacements, so callers holding on to the old arrays rebind.
         self.generation = 0
