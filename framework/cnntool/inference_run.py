@@ -219,7 +219,10 @@ class InputReader:
             except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
                 raise InputError(f"{path}: not a valid .npz of arrays: {exc}") from None
             return input_batch(array, self.input_shape, str(path))
-        return load_input_file(path, self.input_shape, self.preprocessing.get("image_fit", "mnist"))
+        preprocessing = self.preprocessing
+        return load_input_file(
+            path, self.input_shape, preprocessing.get("image_fit", "mnist"), preprocessing.get("background")
+        )
 
 
 class TaskRunner:

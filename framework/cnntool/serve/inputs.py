@@ -116,7 +116,12 @@ def image_inputs(
     for data, where in images:
         check_image_format(data, where)
     batch = [
-        preprocess(read_image(io.BytesIO(data), input_shape, where, fit)[np.newaxis], preprocessing)
+        preprocess(
+            read_image(io.BytesIO(data), input_shape, where, fit, preprocessing.get("background"))[
+                np.newaxis
+            ],
+            preprocessing,
+        )
         for data, where in images
     ]
     return np.concatenate(batch)
