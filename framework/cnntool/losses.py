@@ -7,11 +7,14 @@ import numpy as np
 from cnntool.errors import InputError
 
 
-def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+def softmax_cross_entropy(
+    logits: np.ndarray, labels: np.ndarray, class_weights: np.ndarray | None = None
+) -> tuple[float, np.ndarray]:
     """Mean softmax cross-entropy of `logits` (N, K) against integer `labels` (N,).
 
     Returns the loss and its gradient with respect to the logits, (softmax - onehot) / N,
-    computed with log-sum-exp so that no logit overflows.
+    computed with log-sum-exp so that no logit overflows. With `class_weights` (K,), each
+    row's loss is multiplied by its label's weight before the mean (Keras's class_weight).
     """
     from cnntool.kernels.loss import softmax_cross_entropy as kernel
 
@@ -25,7 +28,11 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
         raise InputError(
             f"labels must lie in [0, {logits.shape[1]}), received {labels.min()}..{labels.max()}"
         )
+    weights = np.ones(logits.shape[1], np.float32) if class_weights is None else class_weights
+    weights = np.ascontiguousarray(weights, np.float32)
+    if weights.shape != (logits.shape[1],):
+        raise InputError(f"expected one class weight per class ({logits.shape[1]}), received {weights.shape}")
     grad = np.empty_like(logits)
     n = max(len(labels), 1)
-    total, _ = kernel(logits, np.ascontiguousarray(labels, np.int64), grad, 1.0 / n)
+    total, _ = kernel(logits, np.ascontiguousarray(labels, np.int64), weights, grad, 1.0 / n)
     return float(total) / n, grad

@@ -48,6 +48,11 @@ class Network:
         self.random = np.zeros(2, np.int64)
         for layer in layers:
             layer.random = self.random
+        # The weight of each class in the training loss (Keras's class_weight): ones unless
+        # training sets them; evaluation always weighs every class alike.
+        classes = self.layers[self.head - 1].output_shape[0]
+        self.class_weights = np.ones(classes, np.float32)
+        self.unit_weights = np.ones(classes, np.float32)
         self.use_plan = os.environ.get(FUSE_ENV, "1").strip() != "0"
         self._plan: Any = None
         self._plan_checked = False
@@ -300,14 +305,14 @@ class Network:
 
         def train_step(x: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
             logits = self.run_forward(x, training=True, stop=self.head)
-            loss, correct = softmax_cross_entropy(logits, labels, grad, 1.0 / n)
+            loss, correct = softmax_cross_entropy(logits, labels, self.class_weights, grad, 1.0 / n)
             self.run_backward(grad, need_input_grad=False, start=self.head)
             return loss, correct
 
         def evaluate(x: np.ndarray, labels: np.ndarray, predictions: np.ndarray) -> tuple[float, int]:
             logits = self.run_forward(x, stop=self.head)
             argmax_rows(logits, predictions)
-            return softmax_cross_entropy(logits, labels, grad, 0.0)
+            return softmax_cross_entropy(logits, labels, self.unit_weights, grad, 0.0)
 
         def predict(x: np.ndarray, probs: np.ndarray) -> None:
             softmax_forward(self.run_forward(x, stop=self.head), probs)

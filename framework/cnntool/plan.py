@@ -47,7 +47,10 @@ NEXT_OUT = Ref("next_buf", "out", 1)
 CACHE_ENV = "CNNTOOL_CACHE_DIR"
 ALIGN = 16  # floats: keeps every array 64-byte aligned
 # The arrays a plan function may take after its own arguments, in this order.
-POOLS = ("params", "grads", "state", "ws", "iws", "sws", "siws", "random", "offset", "dims", "reals")
+POOLS = (
+    "params", "grads", "state", "ws", "iws", "sws", "siws", "random", "offset", "dims", "reals",
+    "class_weights", "unit_weights",
+)  # fmt: skip
 
 
 def align(size: int) -> int:
@@ -405,7 +408,8 @@ class Generator:
             "train_step", "x, labels, grad_scale",
             ["Forward, softmax cross-entropy from the logits, backward; returns the summed",
              "loss and the number of correct predictions. Gradients are scaled by grad_scale."],
-            [*lines, f"{ind}loss, correct = {loss}({outs[-1]}, labels, grad_logits, grad_scale)",
+            [*lines,
+             f"{ind}loss, correct = {loss}({outs[-1]}, labels, class_weights, grad_logits, grad_scale)",
              *backward, f"{ind}return loss, correct"],
         ))  # fmt: skip
         lines, _, outs = self.forward_lines(head, False, ind, inference_only=True)
@@ -414,7 +418,7 @@ class Generator:
             ["Summed loss and correct count of x in inference mode; the predicted class",
              "of every row goes to predictions."],
             [*lines, f"{ind}{self.kernel(argmax_kernel())}({outs[-1]}, predictions)",
-             f"{ind}return {loss}({outs[-1]}, labels, grad_logits, 0.0)"],
+             f"{ind}return {loss}({outs[-1]}, labels, unit_weights, grad_logits, 0.0)"],
         ))  # fmt: skip
         views = self.views(ind)  # after the code: backward adds the arrays summing gradients
         body = [line for function in functions for line in self.function(*function, views)]
@@ -503,10 +507,11 @@ def load_module(source: str) -> ModuleType:
 
 
 # numba runs other machine code in the process that compiles a function than in a process
-# that loads it from the cache (numba issue 10617), and the two differ in the last bits of a
-# float32 sum: a training run that compiled its plan ended with other weights than the same
-# run on a warm cache. So a plan is never compiled in the process that uses it: a child
-# process compiles it into the cache first, and every process runs the cached code.
+# that loads it from the cache (numba issue 10617), and the two differ in the last bits of
+# float32 sums: a training run that compiled its plan ended with other weights than the same
+# run on a warm cache. Loading the cached plan in the compiling process does not help (its
+# kernels stay the ones compiled there). So training compiles a new plan in a child process
+# first (compile_in_child), and every training process runs the cached code.
 CHILD_ENV = "CNNTOOL_PLAN_CHILD"
 FUNCTIONS = ("predict", "forward", "backward", "train_step", "evaluate")
 CHILD_PROGRAM = """
@@ -527,9 +532,11 @@ def is_cached(module: ModuleType) -> bool:
 
 
 def compile_in_child(net: Any) -> None:
-    """Compile the network's plan into numba's cache in a child process. A network the
-    child cannot rebuild from its spec (layer types given to this process alone) compiles
-    in this process instead."""
+    """Compile the network's plan into numba's cache in a child process, unless it is there
+    already. A network the child cannot rebuild from its spec (layer types given to this
+    process alone) compiles in this process instead, when it is first used."""
+    if net.plan is None or is_cached(net.plan.module):
+        return
     import json
     import subprocess
 
@@ -566,8 +573,6 @@ class Plan:
         self.dims = np.array(generator.dims, np.int64)
         self.reals = np.array(generator.reals, np.float64)
         self.module = load_module(self.source)
-        if not os.environ.get(CHILD_ENV) and not is_cached(self.module):
-            compile_in_child(net)
         self.workspaces: dict[int, Workspace] = {}
         # Counts workspace replacements, so callers holding on to the old arrays rebind.
         self.generation = 0
@@ -595,7 +600,8 @@ class Plan:
         pools = {
             "params": net.flat_params, "grads": space.grads, "state": net.flat_state, "ws": space.ws,
             "iws": space.iws, "sws": space.sws, "siws": space.siws, "random": net.random, "offset": offset,
-            "dims": self.dims, "reals": self.reals,
+            "dims": self.dims, "reals": self.reals, "class_weights": net.class_weights,
+            "unit_weights": net.unit_weights,
         }  # fmt: skip
         return tuple(pools[name] for name in self.signatures[function])
 

@@ -90,6 +90,15 @@ class TrainingConfig(BaseModel):
     augment_rotation: Annotated[float, Field(ge=0, le=180)] = Field(
         default=0.0, description="Augmentation: rotate by up to this many degrees either way."
     )
+    class_weights: (
+        Literal["balanced"] | list[Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]] | None
+    ) = Field(
+        default=None,
+        max_length=100_000,
+        description='Weight of each class in the training loss (Keras\'s class_weight): "balanced" '
+        "(n_images / (classes * images of the class), from the training split) or one positive "
+        "number per class. Validation and test losses are not weighted.",
+    )
 
 
 class SpecBase(BaseModel):

@@ -218,6 +218,7 @@ class Trainer:
         n, batch_size = len(source), self.batch_size
         net.random[:] = (self.seed, state.random_step)
         if state.epoch < epochs and self.compile_seconds is None:
+            from cnntool.plan import compile_in_child
             from cnntool.warmup import compile_for_training
 
             if on_compile is not None:
@@ -227,6 +228,7 @@ class Trainer:
             xb, _ = source.batch(np.arange(size), 0, size)  # the gathering kernel
             if self.augmenter is not None:
                 self.augmenter(xb, 0)
+            compile_in_child(net)  # so that this process runs the cached code (cnntool.plan)
             compile_for_training(net, optimizer, size)
             self.compile_seconds = time.perf_counter() - started
             if on_compile is not None:

@@ -208,6 +208,7 @@ class TrainingRun:
             x_train, y_train, x_val, y_val = split_validation(
                 dataset.x_train, dataset.y_train, options.val_split, options.seed
             )
+        net.class_weights[:] = class_weights(options.class_weights, y_train, len(net.class_weights))
         return cls(
             spec, options, out, dataset, net, optimizer, x_train, y_train, x_val, y_val,
             preprocessing_for(dataset), threads,
@@ -590,3 +591,21 @@ def make_optimizer(kind: Any, net: Any, options: Any) -> Any:
     if kind is SGD:
         kwargs.update(momentum=options.momentum, nesterov=options.nesterov)
     return kind(net, **kwargs)
+
+
+def class_weights(setting: Any, labels: np.ndarray, classes: int) -> np.ndarray:
+    """The weight of each class in the training loss: ones, the given list, or "balanced"
+    (scikit-learn's and Keras's: n / (classes * count), a class absent from the training
+    split weighing 1)."""
+    if setting is None:
+        return np.ones(classes, np.float32)
+    if setting == "balanced":
+        counts = np.bincount(np.asarray(labels, np.int64), minlength=classes)[:classes]
+        weights = np.where(counts > 0, len(labels) / (classes * np.maximum(counts, 1)), 1.0)
+        return weights.astype(np.float32)
+    if len(setting) != classes:
+        raise CnntoolError(
+            f"Invalid value for `class_weights`. Expected one weight per class ({classes}). "
+            f"Received: {len(setting)} weights"
+        )
+    return np.asarray(setting, np.float32)

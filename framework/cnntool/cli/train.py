@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -138,6 +138,14 @@ def train(
         float | None,
         typer.Option(metavar="DEGREES", help="Augment: rotate by up to DEGREES either way [spec or 0]."),
     ] = None,
+    class_weights: Annotated[
+        str | None,
+        typer.Option(
+            metavar="balanced|W1,W2,...",
+            help="Weigh each class in the training loss: 'balanced' (inverse class frequency) or one "
+            "weight per class [spec or none].",
+        ),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed for weights, shuffling, dropout and the split [spec or 0].")
     ] = None,
@@ -200,6 +208,7 @@ def train(
         "augment_crop_padding": augment_crop_padding,
         "augment_flip": augment_flip,
         "augment_rotation": augment_rotation,
+        "class_weights": parse_class_weights(class_weights),
         "init_from": str(init_from) if init_from is not None else None,
         "freeze": [name for item in freeze for name in item.split(",") if name] if freeze else None,
     }
@@ -253,3 +262,17 @@ def train(
     note(f"saved {result['bundle']}")
     if json_output:
         print_json(result)
+
+
+def parse_class_weights(text: str | None) -> Any:
+    """`--class-weights`: "balanced", or numbers separated by commas (checked with the
+    other options)."""
+    if text is None or text.strip() == "balanced":
+        return None if text is None else "balanced"
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise CnntoolError(
+            f"Invalid value for `--class-weights`. Expected 'balanced' or numbers separated by commas. "
+            f"Received: {text!r}"
+        ) from None

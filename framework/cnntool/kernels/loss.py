@@ -5,9 +5,10 @@ from numba import njit
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def softmax_cross_entropy(logits, labels, grad, grad_scale):
-    """Sum over rows of -log softmax(logits)[label]; grad = (softmax(logits) - onehot(label))
-    * grad_scale (1/N for the mean over a batch of N).
+def softmax_cross_entropy(logits, labels, weights, grad, grad_scale):
+    """Sum over rows of w[label] * -log softmax(logits)[label]; grad = (softmax(logits) -
+    onehot(label)) * w[label] * grad_scale (1/N for the mean over a batch of N), with w the
+    weight of each class (ones, unless training weighs classes).
 
     Uses log-sum-exp around the row maximum, so no logit overflows. Returns
     (summed loss, number of rows whose largest logit is the label).
@@ -24,6 +25,7 @@ def softmax_cross_entropy(logits, labels, grad, grad_scale):
                 top = logits[n, k]
                 best = k
         label = labels[n]
+        weighted = scale * weights[label]
         if best == label:
             correct += 1
         sum_exp = np.float32(0.0)
@@ -31,11 +33,11 @@ def softmax_cross_entropy(logits, labels, grad, grad_scale):
             e = np.exp(logits[n, k] - top)
             grad[n, k] = e
             sum_exp += e
-        total += np.log(sum_exp) - (logits[n, label] - top)
-        inv = scale / sum_exp
+        total += weights[label] * (np.log(sum_exp) - (logits[n, label] - top))
+        inv = weighted / sum_exp
         for k in range(n_classes):
             grad[n, k] *= inv
-        grad[n, label] -= scale
+        grad[n, label] -= weighted
     return total, correct
 
 
