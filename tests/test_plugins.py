@@ -348,9 +348,9 @@ def test_plugin_check_passes_the_example_and_catches_each_mistake(sites):
         "expected float32[2, 3, 7, 8] from compute_output_shape"
     )
     assert failures["lost_config", "config"] == (
-        "lost_config: config LostConfigConfig(type='lost_config', name=None, factor=3.0) dumps to "
-        "{'type': 'lost_config'}, which validates to "
-        "LostConfigConfig(type='lost_config', name=None, factor=2.0)"
+        "lost_config: config LostConfigConfig(type='lost_config', name=None, inputs=None, factor=3.0) "
+        "dumps to {'type': 'lost_config'}, which validates to "
+        "LostConfigConfig(type='lost_config', name=None, inputs=None, factor=2.0)"
     )
     assert failures["unsaved_weight", "bundle"].startswith(
         "unsaved_weight: bundle round trip: outputs differ after loading by up to "
