@@ -512,7 +512,6 @@ def load_module(source: str) -> ModuleType:
 # run on a warm cache. Loading the cached plan in the compiling process does not help (its
 # kernels stay the ones compiled there). So training compiles a new plan in a child process
 # first (compile_in_child), and every training process runs the cached code.
-CHILD_ENV = "CNNTOOL_PLAN_CHILD"
 FUNCTIONS = ("predict", "forward", "backward", "train_step", "evaluate")
 CHILD_PROGRAM = """
 import json, sys
@@ -540,10 +539,9 @@ def compile_in_child(net: Any) -> None:
     import json
     import subprocess
 
-    env = {**os.environ, CHILD_ENV: "1"}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(
-            [sys.executable, "-c", CHILD_PROGRAM], input=json.dumps(net.spec_dict()), env=env, text=True,
+            [sys.executable, "-c", CHILD_PROGRAM], input=json.dumps(net.spec_dict()), text=True,
             capture_output=True, timeout=1800, check=False,
         )  # fmt: skip
 
