@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cnntool.cli.output import note, print_json, stderr_is_terminal
+from cnntool.cli.output import TerminalBar, note, print_json, stderr_is_terminal
 from cnntool.errors import CnntoolError
 
 
@@ -147,7 +147,7 @@ def text_line(record: dict[str, Any]) -> str:
     return f"{name}: {guesses}"
 
 
-class RowProgress:
+class RowProgress(TerminalBar):
     """A progress bar over the examples on a terminal; nothing otherwise."""
 
     def __init__(self, total: int) -> None:
@@ -165,15 +165,6 @@ class RowProgress:
                 transient=True,
             )
             self.task = self.bar.add_task("infer", total=total)
-
-    def __enter__(self) -> RowProgress:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
     def advance(self, count: int) -> None:
         if self.bar is not None:

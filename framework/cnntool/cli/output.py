@@ -34,7 +34,23 @@ def format_epoch(record: dict, epochs: int) -> str:
     return "  ".join(parts)
 
 
-class EpochProgress:
+class TerminalBar:
+    """A rich progress bar (`self.bar`) shown while the `with` block runs, or None when
+    there is no terminal; subclasses make the bar and feed it."""
+
+    bar: Any = None
+
+    def __enter__(self) -> TerminalBar:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class EpochProgress(TerminalBar):
     """A progress bar per epoch on a terminal, with images per second and the time left in
     the epoch; one plain line per epoch otherwise. `console` (a rich Console) forces the bar."""
 
@@ -67,15 +83,6 @@ class EpochProgress:
                 console=console or Console(stderr=True),
                 transient=True,
             )
-
-    def __enter__(self) -> EpochProgress:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
     def on_batch(self, done: int, total: int) -> None:
         if self.bar is None:
