@@ -111,6 +111,36 @@ def test_compiled_graph_matches_layer_by_layer(name, rng):
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
+def test_inference_shares_buffers_and_reads_nothing_stale(name, rng):
+    fused = cnntool.Network.from_spec(SPECS[name], seed=2)
+    plain = cnntool.Network.from_spec(SPECS[name], seed=2)
+    plain.use_plan = False
+    x = rng.standard_normal((12, *fused.input_shape)).astype(np.float32)
+    labels = rng.integers(0, fused.output_shape[0], 12).astype(np.int64)
+    expected = plain.predict_proba(x)
+    plan = fused.plan
+    np.testing.assert_allclose(fused.predict_proba(x), expected, rtol=1e-5, atol=1e-6)
+    # Predicting allocates only the shared inference buffers, a fraction of training's.
+    assert plan.memory["inference"] < plan.memory["training"] / 2
+    for space in plan.workspaces.values():
+        assert not space.full and space.ws.size == plan.layout.shared["ws"] * space.n
+    fused.train_step(x, labels)  # the full workspace replaces the inference one
+    assert all(space.full for space in plan.workspaces.values())
+    plain.train_step(x, labels)  # (which moved batch norm's running statistics)
+    expected = plain.predict_proba(x)
+    # Whatever the workspace held, every shared buffer is written before it is read.
+    for space in plan.workspaces.values():
+        space.ws[:] = np.nan
+    np.testing.assert_allclose(fused.predict_proba(x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused.forward(x), plain.forward(x), rtol=1e-5, atol=1e-5)
+    predictions = np.empty(12, np.int64)
+    loss, correct = fused.evaluate_batch(x, labels, predictions)
+    np.testing.assert_array_equal(predictions, expected.argmax(axis=1))
+    reference = -np.log(expected[np.arange(12), labels]).sum()
+    assert loss == pytest.approx(reference, rel=1e-4) and correct == int((predictions == labels).sum())
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_graph_matches_pytorch_forward_loss_and_sgd_steps(name, rng):
     torch = pytest.importorskip("torch")
     net = cnntool.Network.from_spec(SPECS[name], seed=3)
@@ -291,6 +321,8 @@ def test_inspect_shows_what_each_layer_reads_and_draws_the_graph(tmp_path, root)
     info = json.loads(subprocess.run([cnntool_cli, "inspect", path, "--json"], capture_output=True,
                                      text=True, check=True).stdout)  # fmt: skip
     rows = {row["name"]: row for row in info["layers"]}
+    net = cnntool.Network.from_spec(RESIDUAL)
+    assert info["activation_memory"] == {"compiled": True, **net.plan.memory}
     assert rows["stem"]["inputs"] == ["input"]
     assert rows["b2_add"]["inputs"] == ["b2_bn2", "b2_bnp"]
     assert rows["b2_proj"]["inputs"] == ["b1_out"] and rows["b2_proj"]["output_shape"] == [6, 5, 5]
@@ -300,6 +332,8 @@ def test_inspect_shows_what_each_layer_reads_and_draws_the_graph(tmp_path, root)
     )
     header = next(line for line in table.stdout.splitlines() if " name " in line)
     assert [cell.strip() for cell in header.strip("┃ ").split("┃")][:4] == ["#", "name", "type", "inputs"]
+    kib = net.plan.memory["inference"] / 1024
+    assert f"activations per example: {kib:,.1f} KiB inference, buffers shared;" in table.stdout
     add_row = next(line for line in table.stdout.splitlines() if " b2_add " in line)
     assert "│ b2_bn2, b2_bnp " in add_row
     dot = subprocess.run([cnntool_cli, "inspect", path, "--dot"], capture_output=True, text=True, check=True)

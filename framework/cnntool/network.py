@@ -265,7 +265,7 @@ class Network:
         scale = (1.0 / n,) if task == "train_step" else ()
         bounds = self.pieces(n)
         if len(bounds) == 2:
-            arrays = (*scale, *plan.arrays(task, plan.workspace(n)))
+            arrays = (*scale, *plan.arrays(task, plan.workspace(n, 0, task)))
             threads = ensure_threads()
 
             def whole(*batch: np.ndarray) -> Any:
@@ -277,7 +277,7 @@ class Network:
         # Each piece knows where it starts in the batch, so random layers draw the same
         # numbers for an example whatever the cut.
         spaces = [
-            (*scale, *plan.arrays(task, plan.workspace(b - a, k), offset=a))
+            (*scale, *plan.arrays(task, plan.workspace(b - a, k, task), offset=a))
             for k, (a, b) in enumerate(pieces)
         ]
 

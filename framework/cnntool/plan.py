@@ -90,6 +90,7 @@ class Layout:
 
     slots: dict[str, Slot] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=lambda: {"ws": 0, "iws": 0, "sws": 0, "siws": 0})
+    shared: dict[str, int] = field(default_factory=dict)  # see place
 
     def add(self, name: str, array: Array, per_example: bool) -> str:
         integer = np.dtype(array.dtype) == np.int32
@@ -99,6 +100,20 @@ class Layout:
         self.slots[name] = Slot(pool, self.sizes[pool], tuple(array.shape), per_example)
         self.sizes[pool] += align(math.prod(array.shape))
         return name
+
+    def place(self, name: str, like: str, offset: int) -> int:
+        """Put per-example array `name`, shaped like `like`, at `offset` of like's pool: a
+        buffer sharing memory with others (see Generator.share), which may overlap the arrays
+        `add` placed. Returns where it ends."""
+        slot = self.slots[like]
+        self.slots[name] = Slot(slot.pool, offset, slot.shape, True)
+        end = offset + align(math.prod(slot.shape))
+        self.shared[slot.pool] = max(self.shared.get(slot.pool, 0), end)
+        return end
+
+    def total(self, pool: str) -> int:
+        """Elements of `pool` (per example for ws and iws) that every array fits in."""
+        return max(self.sizes[pool], self.shared.get(pool, 0))
 
 
 def fusable(layers: list[Layer]) -> bool:
@@ -130,6 +145,7 @@ class Generator:
         # network's sizes, so networks of one structure share one compiled module.
         self.dims: list[int] = []
         self.reals: list[float] = []
+        self.peaks: list[int] = []  # elements per example of each inference pass (see share)
         # Every identifier in the generated code is a prefix and a number: names come from
         # users (layer names) and plugins (buffer names), and a mapping of them to
         # identifiers could make two of them one (`conv-a` and `conv_a`) or clash with
@@ -149,7 +165,7 @@ class Generator:
         self.layout.add("grad_logits", Array((classes,)), per_example=True)
 
     PREFIXES: ClassVar[dict[str, str]] = {
-        "param": "P", "grad": "G", "state": "S", "buf": "B", "scratch": "T", "sum": "A"
+        "param": "P", "grad": "G", "state": "S", "buf": "B", "scratch": "T", "sum": "A", "shared": "R"
     }  # fmt: skip
 
     def number(self, kind: str, index: int | None, name: str) -> str:
@@ -298,6 +314,54 @@ class Generator:
         lines += [f"{indent}{self.kernel(add_into)}({total}, {term})" for term in terms[2:]]
         return total
 
+    def share(self, lines: list[str]) -> list[str]:
+        """The lines of an inference pass, with its per-example buffers sharing memory: once
+        the last line using a buffer has run, its memory goes to buffers used later. (Training
+        keeps every buffer, since the backward pass reads them.) Each buffer of these lines
+        gets a new identifier, viewing the offset found here, so a function may hold both
+        kinds of code (`forward`). Records the pass's elements per example in `peaks`."""
+        uses: dict[str, list[int]] = {}  # buffer -> first and last line using it
+        views: dict[str, str] = {}  # V (a reshape) -> the buffer it views
+        for number, line in enumerate(lines):
+            if line.lstrip().startswith("#"):
+                continue
+            made = re.match(r"\s*(V\d+) = (\w+)\.reshape", line)
+            if made:
+                views[made[1]] = views.get(made[2], made[2])
+            for name in re.findall(r"\b(?:B\d+|V\d+|grad_logits)\b", line):
+                buffer = views.get(name, name)
+                if buffer in self.layout.slots:
+                    uses.setdefault(buffer, [number, number])[1] = number
+        taken: list[tuple[int, int, int, str]] = []  # (offset, end, last line, pool)
+        rename: dict[str, str] = {}
+        ends: dict[str, int] = {}
+        for buffer in sorted(uses, key=lambda name: uses[name][0]):
+            first, last = uses[buffer]
+            slot = self.layout.slots[buffer]
+            size = align(math.prod(slot.shape))
+            offset = 0  # the lowest gap between the buffers still in use that fits it
+            for start, end, _, _ in sorted(t for t in taken if t[3] == slot.pool and t[2] >= first):
+                if offset + size <= start:
+                    break
+                offset = max(offset, end)
+            rename[buffer] = self.number("shared", len(self.peaks), buffer)
+            end = self.layout.place(rename[buffer], buffer, offset)
+            taken.append((offset, end, last, slot.pool))
+            ends[slot.pool] = max(ends.get(slot.pool, 0), end)
+        self.peaks.append(sum(ends.values()))
+        if not rename:
+            return lines
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, rename)) + r")\b")
+        return [line if line.lstrip().startswith("#") else pattern.sub(lambda m: rename[m[1]], line)
+                for line in lines]  # fmt: skip
+
+    def memory(self) -> dict[str, int]:
+        """Activation memory per example, in bytes (after `source`): of an inference pass
+        (predict), its buffers shared, and of a training step, which keeps every buffer for
+        its backward pass."""
+        sizes = self.layout.sizes
+        return {"inference": 4 * self.peaks[0], "training": 4 * (sizes["ws"] + sizes["iws"])}
+
     def backward_lines(
         self, stop: int, inputs: list[list[str]], grad: str, need_grad_x: bool, indent: str
     ) -> tuple[list[str], str | None]:
@@ -379,21 +443,23 @@ class Generator:
         functions: list[tuple[str, str, list[str], list[str]]] = []
 
         lines, _, outs = self.forward_lines(head, False, ind, inference_only=True)
+        lines = self.share([*lines, f"{ind}{self.kernel(softmax_forward())}({outs[-1]}, probs)"])
         functions.append(
             (
                 "predict",
                 "x, probs",
                 ["Class probabilities of x (N, C, H, W) into probs (N, classes)."],
-                [*lines, f"{ind}{self.kernel(softmax_forward())}({outs[-1]}, probs)"],
+                lines,
             )
         )
         train_lines, _, outs_train = self.forward_lines(len(net.layers), True, ind * 2)
         infer_lines, _, outs_infer = self.forward_lines(len(net.layers), False, ind)
+        infer_lines = self.share([*infer_lines, f"{ind}return {outs_infer[-1]}"])
         functions.append((
             "forward", "x, training",
             ["The last layer's output for x, in training or inference mode."],
             [f"{ind}if training:", *train_lines, f"{ind * 2}return {outs_train[-1]}",
-             *infer_lines, f"{ind}return {outs_infer[-1]}"],
+             *infer_lines],
         ))  # fmt: skip
         views, saved, _ = self.forward_lines(len(net.layers), True, ind, compute=False)
         backward, grad_x = self.backward_lines(len(net.layers), saved, "grad", True, ind)
@@ -413,12 +479,15 @@ class Generator:
              *backward, f"{ind}return loss, correct"],
         ))  # fmt: skip
         lines, _, outs = self.forward_lines(head, False, ind, inference_only=True)
+        lines = self.share([
+            *lines, f"{ind}{self.kernel(argmax_kernel())}({outs[-1]}, predictions)",
+            f"{ind}return {loss}({outs[-1]}, labels, unit_weights, grad_logits, 0.0)",
+        ])  # fmt: skip
         functions.append((
             "evaluate", "x, labels, predictions",
             ["Summed loss and correct count of x in inference mode; the predicted class",
              "of every row goes to predictions."],
-            [*lines, f"{ind}{self.kernel(argmax_kernel())}({outs[-1]}, predictions)",
-             f"{ind}return {loss}({outs[-1]}, labels, unit_weights, grad_logits, 0.0)"],
+            lines,
         ))  # fmt: skip
         views = self.views(ind)  # after the code: backward adds the arrays summing gradients
         body = [line for function in functions for line in self.function(*function, views)]
@@ -513,6 +582,7 @@ def load_module(source: str) -> ModuleType:
 # kernels stay the ones compiled there). So training compiles a new plan in a child process
 # first (compile_in_child), and every training process runs the cached code.
 FUNCTIONS = ("predict", "forward", "backward", "train_step", "evaluate")
+INFERENCE_TASKS = ("predict", "evaluate")  # their buffers all share memory (Generator.share)
 CHILD_PROGRAM = """
 import json, sys
 from cnntool.network import Network
@@ -546,16 +616,32 @@ def compile_in_child(net: Any) -> None:
         )  # fmt: skip
 
 
+def activation_memory(net: Any) -> dict[str, int]:
+    """What `Plan(net).memory` will be, without writing or loading the plan's module."""
+    generator = Generator(net)
+    generator.source()
+    return generator.memory()
+
+
 class Workspace:
     """The per-example and scratch pools of one worker thread, for batches of up to n
-    examples (the compiled functions take the views a smaller batch needs from the front)."""
+    examples (the compiled functions take the views a smaller batch needs from the front).
+    An inference-only workspace (not `full`) holds just what predict and evaluate use, whose
+    buffers share memory (Generator.share): a serving process never allocates what a
+    training step keeps for its backward pass."""
 
-    def __init__(self, layout: Layout, n: int, grads: np.ndarray) -> None:
+    def __init__(self, layout: Layout, n: int, grads: np.ndarray, full: bool) -> None:
         self.n = n
-        self.ws = aligned_zeros(layout.sizes["ws"] * n)
-        self.iws = aligned_zeros(layout.sizes["iws"] * n, np.int32)
-        self.sws = aligned_zeros(layout.sizes["sws"])
-        self.siws = aligned_zeros(layout.sizes["siws"], np.int32)
+        self.full = full
+        ws, iws = (
+            (layout.total("ws"), layout.total("iws"))
+            if full
+            else (layout.shared.get("ws", 0), layout.shared.get("iws", 0))
+        )
+        self.ws = aligned_zeros(ws * n)
+        self.iws = aligned_zeros(iws * n, np.int32)
+        self.sws = aligned_zeros(layout.total("sws"))
+        self.siws = aligned_zeros(layout.total("siws"), np.int32)
         self.grads = grads
 
 
@@ -570,23 +656,28 @@ class Plan:
         self.signatures = generator.signatures
         self.dims = np.array(generator.dims, np.int64)
         self.reals = np.array(generator.reals, np.float64)
+        self.memory = generator.memory()
         self.module = load_module(self.source)
         self.workspaces: dict[int, Workspace] = {}
         # Counts workspace replacements, so callers holding on to the old arrays rebind.
         self.generation = 0
 
-    def workspace(self, n: int, worker: int = 0) -> Workspace:
-        """The worker's workspace, grown (replaced) when it holds fewer than n examples; one
-        per worker, whatever the batch sizes seen, so memory follows the largest batch."""
+    def workspace(self, n: int, worker: int = 0, task: str = "train_step") -> Workspace:
+        """The worker's workspace for `task`, grown (replaced) when it holds fewer than n
+        examples or only inference buffers for a task that needs all; one per worker,
+        whatever the batch sizes seen, so memory follows the largest batch."""
         space = self.workspaces.get(worker)
-        if space is None or space.n < n:
+        full = task not in INFERENCE_TASKS
+        if space is None or space.n < n or (full and not space.full):
             if space is not None:
+                n = max(n, space.n)
+                full = full or space.full
                 grads = space.grads
             elif worker == 0:
                 grads = self.net.flat_grads
             else:
                 grads = aligned_zeros(self.net.flat_grads.size)
-            space = self.workspaces[worker] = Workspace(self.layout, n, grads)
+            space = self.workspaces[worker] = Workspace(self.layout, n, grads, full)
             self.generation += 1
         return space
 

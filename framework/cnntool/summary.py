@@ -37,6 +37,20 @@ def layer_rows(layers: list) -> list[dict[str, Any]]:
     return rows
 
 
+def activation_memory(spec: Any, layers: list, registry: Any) -> dict[str, Any]:
+    """Bytes of activations per example: compiled, an inference pass shares buffers whose
+    last reader has run (cnntool.plan), while training keeps all for the backward pass; run
+    layer by layer, every layer keeps its own output either way."""
+    from cnntool.network import Network
+    from cnntool.plan import activation_memory as planned
+    from cnntool.plan import fusable
+
+    if fusable(layers):
+        return {"compiled": True, **planned(Network.build(spec, None, registry))}
+    kept = 4 * sum(math.prod(layer.output_shape) for layer in layers)
+    return {"compiled": False, "inference": kept, "training": kept}
+
+
 def hyperparameters(config: dict) -> dict[str, Any]:
     return {key: value for key, value in config.items() if key not in ("type", "name", "inputs")}
 
@@ -47,7 +61,8 @@ def describe_spec(spec: Any, registry: Any = None) -> dict[str, Any]:
     from cnntool.spec import plan_layers
 
     registry = registry or get_registry()
-    rows = layer_rows(plan_layers(spec, registry))
+    layers = plan_layers(spec, registry)
+    rows = layer_rows(layers)
     types = sorted({row["type"] for row in rows})
     return {
         "kind": "spec",
@@ -58,6 +73,7 @@ def describe_spec(spec: Any, registry: Any = None) -> dict[str, Any]:
         "total_params": sum(row["params"] for row in rows),
         "total_flops": sum(row["flops"] for row in rows),
         "providers": {name: registry.provider(name) for name in types},
+        "activation_memory": activation_memory(spec, layers, registry),
         "runnable": True,
         "problems": [],
     }

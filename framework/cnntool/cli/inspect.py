@@ -60,6 +60,13 @@ def render(info: dict[str, Any]) -> None:
             f"classes: {', '.join(info['classes'][:20])}{' ...' if len(info['classes']) > 20 else ''}"
         )
     console.print("providers: " + ", ".join(f"{k} ({v})" for k, v in sorted(info["providers"].items())))
+    memory = info.get("activation_memory")
+    if memory:
+        shared = ", buffers shared" if memory["compiled"] else ", layer by layer"
+        console.print(
+            f"activations per example: {kib(memory['inference'])} inference{shared};"
+            f" {kib(memory['training'])} training"
+        )
     for problem in info.get("problems", []):
         console.print(f"cannot run here: {problem}")
     if info["kind"] != "bundle":
@@ -91,6 +98,10 @@ def render(info: dict[str, Any]) -> None:
     test = meta.get("test")
     if isinstance(test, dict):
         console.print(f"test: loss {fmt(test.get('loss'))}  accuracy {fmt(test.get('accuracy'))}")
+
+
+def kib(size: int) -> str:
+    return f"{size / 1024:,.1f} KiB"
 
 
 def fmt(value: Any) -> str:
