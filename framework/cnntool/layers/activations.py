@@ -18,7 +18,9 @@ class TanhConfig(LayerConfig):
 
 
 class Sigmoid(Layer):
-    """y = 1 / (1 + exp(-x)); dy/dx = y (1 - y)."""
+    """y = 1 / (1 + exp(-x)); dL/dx = g y (1 - y), from the output.
+
+    Kernels (cnntool.kernels.activations_extra): sigmoid_forward, sigmoid_backward."""
 
     Config = SigmoidConfig
     kernels = (sigmoid_forward, sigmoid_backward)
@@ -39,7 +41,9 @@ class Sigmoid(Layer):
 
 
 class Tanh(Sigmoid):
-    """y = tanh(x); dy/dx = 1 - y²."""
+    """y = tanh(x); dL/dx = g (1 - y²), from the output.
+
+    Kernels (cnntool.kernels.activations_extra): tanh_forward, tanh_backward."""
 
     Config = TanhConfig
     kernels = (tanh_forward, tanh_backward)

@@ -21,7 +21,10 @@ class AvgPool2DConfig(MaxPool2DConfig):
 
 class AvgPool2D(MaxPool2D):
     """y[n, c, p, q] = mean of x[n, c] over the window at (p*stride, q*stride), as PyTorch's
-    AvgPool2d without padding; dx spreads each gradient evenly over its window."""
+    AvgPool2d without padding.
+
+    Backward: dL/dx[n, c, h, w] = sum over the windows containing (h, w) of g / window size.
+    Kernels (cnntool.kernels.avgpool): avgpool2d_forward, avgpool2d_backward."""
 
     Config = AvgPool2DConfig
     reduction = "mean"
@@ -51,7 +54,10 @@ class GlobalAvgPool2DConfig(LayerConfig):
 
 class GlobalAvgPool2D(Layer):
     """y[n, c] = mean of x[n, c] over height and width: (C, H, W) -> (C,), flat, so a dense
-    layer can follow directly (PyTorch's AdaptiveAvgPool2d(1) followed by Flatten)."""
+    layer can follow directly (PyTorch's AdaptiveAvgPool2d(1) followed by Flatten).
+
+    Backward: dL/dx[n, c, h, w] = g[n, c] / (H * W). Kernels (cnntool.kernels.avgpool):
+    global_avgpool2d_forward, global_avgpool2d_backward."""
 
     Config = GlobalAvgPool2DConfig
 

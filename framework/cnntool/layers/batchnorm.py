@@ -57,6 +57,14 @@ class BatchNorm2D(Layer):
 
     Training: mean and biased var of the batch; running = (1 - momentum) * running +
     momentum * batch, with the unbiased var. Inference: the running statistics.
+
+    Backward, with g = dL/dy, xhat = (x - mean) * inv_std and m = N*H*W values per channel:
+    dL/dweight[c] = sum g * xhat, dL/dbias[c] = sum g, and, after a training forward,
+    dL/dx = weight * inv_std / m * (m g - sum g - xhat sum g * xhat); after an inference
+    forward (statistics constant), dL/dx = weight * inv_std * g.
+    Kernels (cnntool.kernels.norm): batchnorm_forward keeps mean, inv_std and the mode it
+    ran in, which batchnorm_backward reads. Batch statistics couple the examples
+    (`per_example = False`), so a network holding one is not cut across threads in training.
     """
 
     Config = BatchNorm2DConfig

@@ -63,7 +63,27 @@ def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_a
 
 
 class Conv2D(Layer):
-    """y[n, o] = b[o] + sum_c W[o, c] ⋆ x[n, c], with W of shape (out, in, kh, kw)."""
+    """y[n, o, p, q] = b[o] + sum_{c,i,j} W[o, c, i, j] x[n, c, p*sh + i - pt, q*sw + j - pl],
+    x zero outside the image, W of shape (filters, in_channels, kh, kw) as in PyTorch.
+
+    Backward, with g = dL/dy: dL/db[o] = sum_{n,p,q} g[n, o, p, q];
+    dL/dW[o, c, i, j] = sum_{n,p,q} g[n, o, p, q] x[n, c, p*sh + i - pt, q*sw + j - pl];
+    dL/dx = the transposed convolution: each input value gets W times every g it reached.
+
+    Kernel paths (cnntool.kernels.conv and .winograd), image by image as BLAS products:
+    - stride 1, "wide": the padded image's contiguous runs are the rows of the im2col matrix
+      and out = W @ cols computes rows of the padded width, cropped after
+      (conv2d_forward_wide, conv2d_backward_wide). Columns of at most KEEP_COLUMNS_BYTES per
+      image are kept from forward for backward; larger ones are rebuilt there.
+    - 3x3 at stride 1 whose columns are not kept, with in x out channels at least
+      WINOGRAD_MIN_PAIRS: forward by Winograd F(2x2, 3x3) (conv2d_forward_3x3, 2.25x fewer
+      multiplications); backward by the wide path.
+    - any other stride: plain im2col per image (conv2d_forward, conv2d_backward).
+    In a compiled plan (cnntool.plan), a ReLU reading only a stride-1 convolution is applied
+    by its kernels as they write the output, and masks the gradient in backward (`fuses`);
+    for inference, a ReLU and a 2x2 stride-2 max-pool after it are one pass over the product
+    (conv2d_relu_pool_wide, `fuses_pool`).
+    """
 
     Config = Conv2DConfig
     config: Conv2DConfig

@@ -33,7 +33,13 @@ class DenseConfig(LayerConfig):
 
 
 class Dense(Layer):
-    """y = x @ W.T + b, with W of shape (units, in_features) as in PyTorch's Linear."""
+    """y = x @ W.T + b, with W of shape (units, in_features) as in PyTorch's Linear.
+
+    Backward, with g = dL/dy (N, units): dL/dW = g.T @ x, dL/db = sum of g over the batch,
+    dL/dx = g @ W. Kernels (cnntool.kernels.dense): one sgemm over the whole batch for the
+    forward (dense_forward), one for dL/dW and one for dL/dx (dense_backward, which skips
+    dL/dx when nothing needs it).
+    """
 
     Config = DenseConfig
     config: DenseConfig

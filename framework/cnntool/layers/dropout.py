@@ -38,7 +38,11 @@ class DropoutConfig(LayerConfig):
 
 class Dropout(Layer):
     """Training: y = x * mask / (1 - rate), mask[i] ~ Bernoulli(1 - rate); dx = g * mask / (1 - rate).
-    Inference: y = x, dx = g."""
+    Inference: y = x, dx = g.
+
+    Kernels (cnntool.kernels.dropout): dropout_forward draws the mask from the network's
+    random counter and the example's offset in the batch (see the module docs) and keeps
+    it; dropout_backward applies it."""
 
     Config = DropoutConfig
     config: DropoutConfig

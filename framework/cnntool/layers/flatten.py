@@ -13,8 +13,9 @@ class FlattenConfig(LayerConfig):
 
 
 class Flatten(Layer):
-    """y = x reshaped to (N, features). Forward and backward are views: no kernel, no copy,
-    because a C-contiguous reshape moves no data."""
+    """y = x reshaped to (N, features); dL/dx = g reshaped to (N, C, H, W). Forward and
+    backward are views (`view = True`): no kernel, no copy, because a C-contiguous reshape
+    moves no data."""
 
     Config = FlattenConfig
     view = True

@@ -34,7 +34,15 @@ class MaxPool2DConfig(LayerConfig):
 
 
 class MaxPool2D(Layer):
-    """y[n, c, p, q] = max of x[n, c] over the window at (p*stride, q*stride)."""
+    """y[n, c, p, q] = max of x[n, c] over the window at (p*stride, q*stride), no padding.
+
+    Backward: each g[n, c, p, q] goes to the input its window's maximum came from (the first
+    one on ties, as PyTorch), summed where windows overlap; elsewhere dL/dx is zero.
+    Kernels (cnntool.kernels.pool): maxpool2d_forward also writes `code`, the position of
+    each maximum inside its window, which maxpool2d_backward scatters by. For inference in a
+    compiled plan, a 2x2 stride-2 pool after conv2d -> relu is computed by the convolution's
+    kernel (see Conv2D).
+    """
 
     Config = MaxPool2DConfig
     config: MaxPool2DConfig

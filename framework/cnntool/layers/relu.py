@@ -14,7 +14,11 @@ class ReLUConfig(LayerConfig):
 
 
 class ReLU(Layer):
-    """y = max(x, 0); dy/dx = 1 where x > 0, else 0."""
+    """y = max(x, 0); dL/dx = g where y > 0, else 0.
+
+    Kernels (cnntool.kernels.activation): relu_forward, relu_backward (which reads the
+    output, not the input). In a compiled plan a ReLU reading only a layer that fuses it
+    (`epilogue = "relu"`; stride-1 Conv2D) runs inside that layer's kernels instead."""
 
     Config = ReLUConfig
     epilogue = "relu"  # a convolution before it applies it in its own kernels (Conv2D.fuses)

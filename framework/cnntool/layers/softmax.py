@@ -17,6 +17,7 @@ class Softmax(Layer):
 
     As the last layer of a network it is the classifier head: training then computes the
     cross-entropy from the logits that feed it (numerically stable), as Keras does.
+    Kernels (cnntool.kernels.activation): softmax_forward (max-shifted), softmax_backward.
     """
 
     Config = SoftmaxConfig
