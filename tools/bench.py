@@ -2,6 +2,8 @@
 
     python tools/bench.py                  # everything, 2 rounds, threads = CPUs
     python tools/bench.py --threads 1 --rounds 3 --only seed-train-b1
+    python tools/bench.py --isa avx2       # both frameworks held to AVX2 (on an AVX-512 CPU)
+    python tools/bench.py --profile resnet-train-b64   # time per layer and kernel, no PyTorch
 
 Workloads (from the issue that asked for them):
   seed-train-b1     models/seed_cnn.json, SGD at batch 1 over 1,000 MNIST images
@@ -63,6 +65,37 @@ INFER_WORKLOADS = {
 }
 
 
+# Environment holding both frameworks to one instruction set (numba's target CPU, OpenBLAS's
+# kernels, PyTorch's ATen and oneDNN kernels); read when each library loads, so bench.py runs
+# itself again with them set.
+ISA_ENV = {
+    "avx2": {
+        "NUMBA_CPU_NAME": "haswell",
+        "OPENBLAS_CORETYPE": "Haswell",
+        "CNNTOOL_BLAS_CORETYPE": "keep",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+    },
+}
+
+
+def hold_to_isa(isa: str) -> None:
+    """Run this script again under ISA_ENV[isa] unless it already runs so."""
+    wanted = ISA_ENV.get(isa, {})
+    if any(os.environ.get(key) != value for key, value in wanted.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def machine(threads: int) -> dict:
     model = "?"
     try:
@@ -77,6 +110,8 @@ def machine(threads: int) -> dict:
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "threads": threads,
         "python": platform.python_version(),
+        "avx512": "avx512f" in cpu_flags(),
+        "isa": "avx2" if os.environ.get("NUMBA_CPU_NAME") == "haswell" else "native",
     }
     import numba
 
@@ -329,7 +364,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per workload")
     parser.add_argument("--only", nargs="*", help="workloads to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument(
+        "--isa", choices=["native", *ISA_ENV], default="native",
+        help="instruction set for both frameworks: native (default) or avx2 (see ISA_ENV)",
+    )  # fmt: skip
+    parser.add_argument("--profile", metavar="WORKLOAD", help="time per layer and kernel of one workload")
     args = parser.parse_args()
+    hold_to_isa(args.isa)
+    if args.profile:
+        from layer_profile import print_profile, profile
+
+        from cnntool.threads import requested_threads
+
+        known = {**{k: v[:2] for k, v in TRAIN_WORKLOADS.items()}, **INFER_WORKLOADS}
+        if args.profile not in known:
+            raise SystemExit(f"unknown workload {args.profile!r}; known: {', '.join(known)}")
+        spec, batch = known[args.profile]
+        with tempfile.TemporaryDirectory(prefix="cnntool-profile-") as tmp:
+            result = profile(bench_spec(spec, Path(tmp)), batch, requested_threads(args.threads))
+        print_profile(result)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -375,8 +431,9 @@ def format_row(row: dict) -> str:
 
 def print_report(results: dict) -> None:
     m = results["machine"]
+    isa = "AVX2 (held to it)" if m.get("isa") == "avx2" else ("AVX-512" if m.get("avx512") else "AVX2")
     print(
-        f"\nmachine: {m['cpu']}, {m['cpus']} CPUs, {m['threads']} threads; "
+        f"\nmachine: {m['cpu']} ({isa}), {m['cpus']} CPUs, {m['threads']} threads; "
         f"numba {m['numba']}, numpy {m['numpy']}, BLAS {', '.join(m.get('blas', []))}"
     )
     print("\n| workload | cnntool | PyTorch | cnntool / PyTorch |")

@@ -47,6 +47,11 @@ from cnntool.errors import SpecError
 
 Shape = tuple[int, ...]
 
+# When set, layers running their declared calls one by one hand each call to it as
+# (layer, kernel, arrays) instead of calling the kernel: `tools/bench.py --profile` times
+# every kernel this way.
+KERNEL_TIMER: Callable[[Any, Any, list], None] | None = None
+
 
 class Ref(NamedTuple):
     """An array named in a kernel call: the layer's input `x` (input k of a merge layer is
@@ -349,7 +354,11 @@ class Layer:
             raise ValueError(f"unknown array reference {arg}")
 
         for kernel, args in calls:
-            kernel(*(resolve(arg) for arg in args))
+            arrays = [resolve(arg) for arg in args]
+            if KERNEL_TIMER is None:
+                kernel(*arrays)
+            else:
+                KERNEL_TIMER(self, kernel, arrays)
         if isinstance(result, list):
             return [resolve(ref) for ref in result]
         return resolve(result)
