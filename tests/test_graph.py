@@ -110,6 +110,58 @@ def test_compiled_graph_matches_layer_by_layer(name, rng):
     np.testing.assert_allclose(fused.predict_proba(x), plain.predict_proba(x), rtol=1e-5, atol=1e-6)
 
 
+def outcome(net, x):
+    return net.flat_grads.copy(), net.flat_state.copy(), net.predict_proba(x)
+
+
+def test_batch_norm_networks_cut_the_batch_across_threads(rng):
+    """Batch norm's pieces meet at its Sync points: cut in two, a training step computes the
+    whole batch's statistics, gradients and running averages, as uncut and layer by layer."""
+    from cnntool.threads import set_threads
+
+    x = rng.standard_normal((24, *RESIDUAL["input_shape"])).astype(np.float32)
+    labels = rng.integers(0, 3, 24).astype(np.int64)
+    results = {}
+    try:
+        for threads in (1, 2):
+            set_threads(threads)
+            net = cnntool.Network.from_spec(RESIDUAL, seed=2)
+            assert net.pieces(24) == ([0, 24] if threads == 1 else [0, 12, 24])
+            assert net.pieces(24, "predict") == net.pieces(24)
+            loss, correct = net.train_step(x, labels)
+            results[threads] = (
+                loss,
+                correct,
+                net.flat_grads.copy(),
+                net.flat_state.copy(),
+                net.predict_proba(x),
+            )
+        plain = cnntool.Network.from_spec(RESIDUAL, seed=2)
+        plain.use_plan = False
+        loss, correct = plain.train_step(x, labels)
+        results["layer by layer"] = (loss, correct, *outcome(plain, x))
+        # The parts one after the other, as one piece, are the uncut step.
+        net = cnntool.Network.from_spec(RESIDUAL, seed=2)
+        assert len(net.plan.parts) == len(net.plan.syncs) + 1 == 11  # 5 batch norms, 2 syncs each
+        loss, correct = net.plan.train_in_parts(x, labels, 1.0 / 24)
+        results["in parts"] = (
+            loss,
+            correct,
+            net.flat_grads.copy(),
+            net.flat_state.copy(),
+            net.predict_proba(x),
+        )
+    finally:
+        set_threads(None)
+    expected = results[1]
+    for key, (loss, correct, grads, state, probs) in results.items():
+        assert loss == pytest.approx(expected[0], rel=1e-5) and correct == expected[1], key
+        np.testing.assert_allclose(grads, expected[2], rtol=1e-4, atol=1e-5, err_msg=str(key))
+        np.testing.assert_allclose(state, expected[3], rtol=1e-5, atol=1e-6, err_msg=str(key))
+        np.testing.assert_allclose(probs, expected[4], rtol=1e-5, atol=1e-6, err_msg=str(key))
+    assert np.abs(expected[3]).max() > 0.01  # the running statistics moved
+
+
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_inference_shares_buffers_and_reads_nothing_stale(name, rng):
     fused = cnntool.Network.from_spec(SPECS[name], seed=2)

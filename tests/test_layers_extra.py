@@ -326,7 +326,9 @@ def test_masks_do_not_depend_on_threads(rng):
     assert np.count_nonzero(grads[1]) > 0
 
 
-def test_batchnorm_networks_run_as_one_piece_whatever_the_threads(rng):
+def test_batchnorm_networks_cut_across_threads_agree_with_one_thread(rng):
+    """Cut in two, the pieces meet at each batch norm (1d and 2d) for the whole batch's
+    statistics; dropout masks follow each example's place in the batch."""
     from cnntool.threads import set_threads
 
     x = rng.standard_normal((32, 2, 12, 12)).astype(np.float32)
@@ -336,13 +338,15 @@ def test_batchnorm_networks_run_as_one_piece_whatever_the_threads(rng):
         for threads in (1, 2):
             set_threads(threads)
             net = cnntool.Network.from_spec(NETWORK, seed=1)
+            assert len(net.pieces(32)) == threads + 1
             loss, _ = net.train_step(x, labels)
             results.append((loss, net.flat_grads.copy(), net.flat_state.copy()))
     finally:
         set_threads(None)
-    assert results[0][0] == results[1][0]
-    np.testing.assert_array_equal(results[0][1], results[1][1])
-    np.testing.assert_array_equal(results[0][2], results[1][2])
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    # (atol: the bias of the dense layer before batchnorm1d has gradient 0 up to rounding)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(results[0][2], results[1][2], rtol=1e-5, atol=1e-7)
 
 
 # --- PyTorch on the same weights and data --------------------------------------------------

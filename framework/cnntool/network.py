@@ -263,7 +263,7 @@ class Network:
             return self._layer_by_layer_runner(task, n)
         compiled = getattr(plan.module, task)
         scale = (1.0 / n,) if task == "train_step" else ()
-        bounds = self.pieces(n)
+        bounds = self.pieces(n, task)
         if len(bounds) == 2:
             arrays = (*scale, *plan.arrays(task, plan.workspace(n, 0, task)))
             threads = ensure_threads()
@@ -274,6 +274,8 @@ class Network:
 
             return whole
         pieces = list(itertools.pairwise(bounds))
+        if task == "train_step" and plan.parts:
+            return self._synced_runner(plan, pieces, scale)
         # Each piece knows where it starts in the batch, so random layers draw the same
         # numbers for an example whatever the cut.
         spaces = [
@@ -297,6 +299,41 @@ class Network:
 
         return split
 
+    def _synced_runner(self, plan: Any, pieces: list[tuple[int, int]], scale: tuple) -> Any:
+        """train_step for a network whose layers meet at Sync points (batch norm), its
+        batch cut into pieces: every piece runs a part of the step at once, then each
+        Sync's arrays are combined over the pieces, then the next part runs."""
+        spaces = [plan.workspace(b - a, k) for k, (a, b) in enumerate(pieces)]
+        parts = [
+            (getattr(plan.module, part), [(*scale, *plan.arrays(part, space, offset=a))
+                                          for space, (a, _) in zip(spaces, pieces, strict=True)])
+            for part in plan.parts
+        ]  # fmt: skip
+        shares = [
+            ([plan.scratch_view(space, array) for space in spaces], combine) for array, combine in plan.syncs
+        ]
+
+        def synced(x: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+            use_blas_threads(1)  # the pieces run at once, one thread each
+            loss, correct = 0.0, 0
+            for number, (function, arguments) in enumerate(parts):
+                jobs = [
+                    (lambda a=a, b=b, args=args, function=function: function(x[a:b], labels[a:b], *args))
+                    for (a, b), args in zip(pieces, arguments, strict=True)
+                ]
+                for part_loss, part_correct in run_parallel(jobs):
+                    loss, correct = loss + part_loss, correct + part_correct
+                if number < len(shares):
+                    views, combine = shares[number]
+                    combined = combine(views)
+                    for view in views:
+                        view[...] = combined
+            for worker in range(1, len(pieces)):
+                np.add(self.flat_grads, plan.workspaces[worker].grads, out=self.flat_grads)
+            return loss, correct
+
+        return synced
+
     def _layer_by_layer_runner(self, task: str, n: int) -> Any:
         from cnntool.kernels.activation import softmax_forward
         from cnntool.kernels.loss import argmax_rows, softmax_cross_entropy
@@ -319,11 +356,17 @@ class Network:
 
         return {"train_step": train_step, "evaluate": evaluate, "predict": predict}[task]
 
-    def pieces(self, n: int) -> list[int]:
-        """Bounds cutting a batch of n into one piece per thread; a single piece when the
-        batch is small or a layer couples the examples of a batch."""
+    def pieces(self, n: int, task: str = "train_step") -> list[int]:
+        """Bounds cutting a batch of n into one piece per thread for `task`; a single piece
+        when the batch is small or a layer couples the examples of a batch, unless it meets
+        the other pieces at Sync points (batch norm: in training, when the plan cut
+        train_step into parts; in inference it computes each example alone)."""
         count = min(ensure_threads(), n // MIN_EXAMPLES_PER_THREAD)
-        if count <= 1 or not all(layer.per_example for layer in self.layers):
+        coupled = [layer for layer in self.layers if not layer.per_example]
+        synced = all(layer.syncs for layer in coupled) and (
+            task in ("predict", "evaluate") or (self.plan is not None and bool(self.plan.parts))
+        )
+        if count <= 1 or (coupled and not synced):
             return [0, n]
         return [(n * k) // count for k in range(count + 1)]
 

@@ -37,12 +37,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cnntool.layers.base import Array, Layer, Ref
+from cnntool.layers.base import Array, Layer, Ref, Sync
 
 # An activation that follows a layer able to apply it (Layer.fuses) runs inside that layer's
 # kernels: the layer writes straight into the activation's output buffer and masks the
 # gradient itself, saving a pass over the activations each way.
 NEXT_OUT = Ref("next_buf", "out", 1)
+# Marks a Sync point in generated code: a comment, so the uncut functions run past it.
+SYNC_MARK = "# sync "
 
 CACHE_ENV = "CNNTOOL_CACHE_DIR"
 ALIGN = 16  # floats: keeps every array 64-byte aligned
@@ -124,7 +126,10 @@ def fusable(layers: list[Layer]) -> bool:
         for calls in (layer.forward_calls(True), layer.forward_calls(False), layer.backward_calls(True)):
             if calls is None:
                 return False
-            for kernel, _ in calls:
+            for call in calls:
+                if isinstance(call, Sync):
+                    continue
+                kernel, _ = call
                 module = sys.modules.get(getattr(kernel, "__module__", ""), None)
                 if module is None or getattr(module, getattr(kernel, "__name__", ""), None) is not kernel:
                     return False
@@ -146,6 +151,9 @@ class Generator:
         self.dims: list[int] = []
         self.reals: list[float] = []
         self.peaks: list[int] = []  # elements per example of each inference pass (see share)
+        self.combines: dict[str, Any] = {}  # scratch array of each Sync -> its combine
+        self.parts: list[str] = []  # train_step cut at its Sync points (see parts)
+        self.syncs: list[tuple[str, Any]] = []  # (array, combine) after each part but the last
         # Every identifier in the generated code is a prefix and a number: names come from
         # users (layer names) and plugins (buffer names), and a mapping of them to
         # identifiers could make two of them one (`conv-a` and `conv_a`) or clash with
@@ -206,7 +214,13 @@ class Generator:
 
     def emit_calls(self, index: int, calls: list, x: list[str], grad_out: str, indent: str) -> list[str]:
         lines = []
-        for function, args in calls:
+        for call in calls:
+            if isinstance(call, Sync):  # a marker line, where train_step is cut (see parts)
+                array = self.ref(index, call.array, x, grad_out)
+                self.combines[array] = call.combine
+                lines.append(f"{indent}{SYNC_MARK}{array}")
+                continue
+            function, args = call
             text = ", ".join(
                 self.ref(index, arg, x, grad_out) if isinstance(arg, Ref) else self.number_arg(arg)
                 for arg in args
@@ -355,6 +369,46 @@ class Generator:
         return [line if line.lstrip().startswith("#") else pattern.sub(lambda m: rename[m[1]], line)
                 for line in lines]  # fmt: skip
 
+    def cut(self, body: list[str], indent: str) -> list[tuple[str, str, list[str], list[str]]]:
+        """train_step's body cut at its Sync points into functions train_part0, 1, ...:
+        the pieces of a batch each run a part, then cnntool combines the arrays the Sync
+        names, then the next part runs (Network runs them). Each part returns its loss and
+        correct count, zero but for the part computing the loss."""
+        if not any(line.lstrip().startswith(SYNC_MARK) for line in body):
+            return []
+        made = {}  # the reshaped views (V, GV) a later part may use, by name
+        for line in body:
+            view = re.match(r"\s*(G?V\d+) = ", line)
+            if view:
+                made[view[1]] = line
+        chunks: list[list[str]] = [[]]
+        for line in body:
+            if line.lstrip().startswith(SYNC_MARK):
+                array = line.strip()[len(SYNC_MARK) :]
+                self.syncs.append((array, self.combines[array]))
+                chunks.append([])
+            else:
+                chunks[-1].append(line)
+        functions = []
+        for number, chunk in enumerate(chunks):
+            needed: list[str] = []
+            text = "\n".join(chunk)
+            pending = [name for name in re.findall(r"\bG?V\d+\b", text) if name in made]
+            while pending:
+                name = pending.pop()
+                if name not in needed and not re.search(rf"^\s*{name} = ", text, re.M):
+                    needed.append(name)
+                    pending += [other for other in re.findall(r"\bG?V\d+\b", made[name]) if other != name]
+            views = [line for line in made.values() if re.match(r"\s*(G?V\d+) = ", line)[1] in needed]
+            result = "loss, correct" if re.search(r"^\s*loss, correct = ", text, re.M) else "0.0, 0"
+            name = f"train_part{number}"
+            self.parts.append(name)
+            doc = [f"Part {number} of train_step (see Generator.cut)."]
+            functions.append(
+                (name, "x, labels, grad_scale", doc, [*views, *chunk, f"{indent}return {result}"])
+            )
+        return functions
+
     def memory(self) -> dict[str, int]:
         """Activation memory per example, in bytes (after `source`): of an inference pass
         (predict), its buffers shared, and of a training step, which keeps every buffer for
@@ -470,14 +524,15 @@ class Generator:
         ))  # fmt: skip
         lines, saved, outs = self.forward_lines(head, True, ind)
         backward, _ = self.backward_lines(head, saved, "grad_logits", False, ind)
+        loss_line = f"{ind}loss, correct = {loss}({outs[-1]}, labels, class_weights, grad_logits, grad_scale)"
+        body = [*lines, loss_line, *backward]
         functions.append((
             "train_step", "x, labels, grad_scale",
             ["Forward, softmax cross-entropy from the logits, backward; returns the summed",
              "loss and the number of correct predictions. Gradients are scaled by grad_scale."],
-            [*lines,
-             f"{ind}loss, correct = {loss}({outs[-1]}, labels, class_weights, grad_logits, grad_scale)",
-             *backward, f"{ind}return loss, correct"],
+            [*body, f"{ind}return loss, correct"],
         ))  # fmt: skip
+        functions += self.cut(body, ind)
         lines, _, outs = self.forward_lines(head, False, ind, inference_only=True)
         lines = self.share([
             *lines, f"{ind}{self.kernel(argmax_kernel())}({outs[-1]}, predictions)",
@@ -595,7 +650,8 @@ def is_cached(module: ModuleType) -> bool:
     """Whether numba's cache holds code of every plan function, compiled by some process
     (numba's own check, the index of each function for its source file's stamp)."""
     try:
-        return all(getattr(module, name)._cache._cache_file._load_index() for name in FUNCTIONS)
+        parts = [name for name in vars(module) if name.startswith("train_part")]
+        return all(getattr(module, name)._cache._cache_file._load_index() for name in (*FUNCTIONS, *parts))
     except Exception:  # another numba: no way to tell, compile here
         return False
 
@@ -657,6 +713,8 @@ class Plan:
         self.dims = np.array(generator.dims, np.int64)
         self.reals = np.array(generator.reals, np.float64)
         self.memory = generator.memory()
+        self.parts = generator.parts
+        self.syncs = generator.syncs
         self.module = load_module(self.source)
         self.workspaces: dict[int, Workspace] = {}
         # Counts workspace replacements, so callers holding on to the old arrays rebind.
@@ -681,6 +739,12 @@ class Plan:
             self.generation += 1
         return space
 
+    def scratch_view(self, space: Workspace, array: str) -> np.ndarray:
+        """One worker's scratch array (a Sync's, say) as numpy sees it."""
+        slot = self.layout.slots[array]
+        pool = space.siws if slot.pool == "siws" else space.sws
+        return pool[slot.offset : slot.offset + math.prod(slot.shape)].reshape(slot.shape)
+
     def arrays(self, function: str, space: Workspace, offset: int = 0) -> tuple:
         """The trailing arguments of a plan function, for one worker's workspace; `offset` is
         the index of x's first example in the whole batch (for random layers, see
@@ -693,6 +757,18 @@ class Plan:
             "unit_weights": net.unit_weights,
         }  # fmt: skip
         return tuple(pools[name] for name in self.signatures[function])
+
+    def train_in_parts(self, x: np.ndarray, labels: np.ndarray, grad_scale: float) -> tuple[float, int]:
+        """train_step as its parts (see Generator.cut), run one after the other as one piece
+        in worker 0's workspace: what a batch cut across threads runs, uncut."""
+        space = self.workspace(x.shape[0])
+        loss, correct = 0.0, 0
+        for part in self.parts:
+            part_loss, part_correct = getattr(self.module, part)(
+                x, labels, grad_scale, *self.arrays(part, space)
+            )
+            loss, correct = loss + part_loss, correct + part_correct
+        return loss, correct
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         return self.module.forward(x, training, *self.arrays("forward", self.workspace(x.shape[0])))

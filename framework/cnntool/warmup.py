@@ -72,6 +72,8 @@ def warm_batch(net: Any, n: int) -> dict[str, float]:
         "forward": lambda: net.forward(x, training=True),
         "backward": lambda: net.backward(np.zeros((n, net.output_shape[0]), np.float32)),
     }
+    if net.plan is not None and net.plan.parts:  # what a batch cut across threads runs
+        tasks["train_parts"] = lambda: net.plan.train_in_parts(x, labels, 1.0)
     timings = {}
     for name, task in tasks.items():
         started = time.perf_counter()

@@ -4,6 +4,12 @@ Training normalises with the batch's mean and biased variance and moves the runn
 estimates towards the batch's mean and unbiased variance, as PyTorch does; inference
 normalises with the running estimates. The mean and 1/sqrt(var + eps) that were used are
 kept per channel, so the backward pass recomputes x̂ instead of storing it.
+
+In training, the batch may be cut into pieces that run at once (one per thread), and the
+statistics are the whole batch's: each piece first computes its share (batchnorm_moments,
+batchnorm_grad_sums), cnntool combines the shares of every piece (cnntool.layers.batchnorm),
+and then each piece finishes with the batch's totals (batchnorm_normalize, batchnorm_grad_x).
+A batch not cut is one piece whose share is already the total.
 """
 
 import math
@@ -13,39 +19,17 @@ from numba import njit
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def batchnorm_forward(
-    x, weight, bias, running_mean, running_var, training, momentum, eps, mean, inv_std, mode, out
-):
-    """out = weight * (x - mean) / sqrt(var + eps) + bias per channel; in training, mean and
-    var come from the batch and running = (1 - momentum) * running + momentum * batch
-    (the unbiased variance; unchanged when a channel has a single value)."""
+def batchnorm_inference(x, weight, bias, running_mean, running_var, eps, mean, inv_std, mode, out):
+    """out = weight * (x - running_mean) / sqrt(running_var + eps) + bias per channel."""
     n = x.shape[0]
     channels = weight.shape[0]
     spatial = x.size // max(n * channels, 1)
     src = x.reshape((n, channels, spatial))
     dst = out.reshape((n, channels, spatial))
-    count = n * spatial
-    mode[0] = 1.0 if training else 0.0
+    mode[0] = 0.0
     for c in range(channels):
-        if training:
-            total = 0.0
-            for i in range(n):
-                for s in range(spatial):
-                    total += src[i, c, s]
-            mu = total / count
-            squares = 0.0
-            for i in range(n):
-                for s in range(spatial):
-                    d = src[i, c, s] - mu
-                    squares += d * d
-            var = squares / count
-            running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mu
-            if count > 1:
-                running_var[c] = (1.0 - momentum) * running_var[c] + momentum * squares / (count - 1)
-        else:
-            mu = running_mean[c]
-            var = running_var[c]
-        scale_std = 1.0 / math.sqrt(var + eps)
+        mu = running_mean[c]
+        scale_std = 1.0 / math.sqrt(running_var[c] + eps)
         mean[c] = mu
         inv_std[c] = scale_std
         scale = np.float32(weight[c] * scale_std)
@@ -56,18 +40,71 @@ def batchnorm_forward(
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def batchnorm_backward(grad_out, x, weight, mean, inv_std, mode, need_grad_x, grad_weight, grad_bias, grad_x):
-    """With x̂ = (x - mean) * inv_std and g = grad_out: dbias = Σg, dweight = Σ g x̂ (sums over
-    N and S); dx = weight * inv_std * (g - mean(g) - x̂ mean(g x̂)) after a training forward
-    (the batch statistics depend on x), dx = weight * inv_std * g after an inference one."""
+def batchnorm_moments(x, moments):
+    """This piece's share of the batch statistics, per channel c: moments[0, c] the count of
+    values, moments[1, c] their mean, moments[2, c] the sum of squared deviations from it."""
+    n = x.shape[0]
+    channels = moments.shape[1]
+    spatial = x.size // max(n * channels, 1)
+    src = x.reshape((n, channels, spatial))
+    count = n * spatial
+    for c in range(channels):
+        total = 0.0
+        for i in range(n):
+            for s in range(spatial):
+                total += src[i, c, s]
+        mu = total / max(count, 1)
+        squares = 0.0
+        for i in range(n):
+            for s in range(spatial):
+                d = src[i, c, s] - mu
+                squares += d * d
+        moments[0, c] = count
+        moments[1, c] = mu
+        moments[2, c] = squares
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def batchnorm_normalize(
+    x, weight, bias, running_mean, running_var, momentum, eps, moments, offset, mean, inv_std, mode, out
+):
+    """out = weight * (x - mean) / sqrt(var + eps) + bias with the batch's moments (count,
+    mean, squared deviations: batchnorm_moments, combined over the pieces). The piece at
+    offset 0 alone moves the running estimates, once per batch."""
     n = x.shape[0]
     channels = weight.shape[0]
     spatial = x.size // max(n * channels, 1)
     src = x.reshape((n, channels, spatial))
+    dst = out.reshape((n, channels, spatial))
+    mode[0] = 1.0
+    for c in range(channels):
+        count = moments[0, c]
+        mu = np.float64(moments[1, c])
+        squares = np.float64(moments[2, c])
+        if offset == 0:
+            running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mu
+            if count > 1:
+                running_var[c] = (1.0 - momentum) * running_var[c] + momentum * squares / (count - 1)
+        scale_std = 1.0 / math.sqrt(squares / max(count, 1.0) + eps)
+        mean[c] = mu
+        inv_std[c] = scale_std
+        scale = np.float32(weight[c] * scale_std)
+        shift = np.float32(bias[c] - mu * weight[c] * scale_std)
+        for i in range(n):
+            for s in range(spatial):
+                dst[i, c, s] = src[i, c, s] * scale + shift
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def batchnorm_grad_sums(grad_out, x, mean, inv_std, grad_weight, grad_bias, sums):
+    """This piece's share of dbias = Σg and dweight = Σ g x̂ per channel, into the gradients
+    (the pieces' gradients are added up after the step) and into sums[1] and sums[2], with
+    the count of values in sums[0]."""
+    n = x.shape[0]
+    channels = mean.shape[0]
+    spatial = x.size // max(n * channels, 1)
+    src = x.reshape((n, channels, spatial))
     g = grad_out.reshape((n, channels, spatial))
-    dst = grad_x.reshape((n, channels, spatial))
-    count = n * spatial
-    coupled = mode[0] != 0.0
     for c in range(channels):
         mu = mean[c]
         istd = inv_std[c]
@@ -80,12 +117,30 @@ def batchnorm_backward(grad_out, x, weight, mean, inv_std, mode, need_grad_x, gr
                 sum_gx += v * (src[i, c, s] - mu) * istd
         grad_bias[c] = sum_g
         grad_weight[c] = sum_gx
-        if not need_grad_x:
-            continue
+        sums[0, c] = n * spatial
+        sums[1, c] = sum_g
+        sums[2, c] = sum_gx
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def batchnorm_grad_x(grad_out, x, weight, mean, inv_std, mode, sums, grad_x):
+    """dx = weight * inv_std * (g - Σg/m - x̂ Σ(g x̂)/m) after a training forward, with the
+    batch's sums (batchnorm_grad_sums, combined over the pieces; m values per channel);
+    dx = weight * inv_std * g after an inference forward."""
+    n = x.shape[0]
+    channels = weight.shape[0]
+    spatial = x.size // max(n * channels, 1)
+    src = x.reshape((n, channels, spatial))
+    g = grad_out.reshape((n, channels, spatial))
+    dst = grad_x.reshape((n, channels, spatial))
+    coupled = mode[0] != 0.0
+    for c in range(channels):
+        istd = inv_std[c]
+        count = max(np.float64(sums[0, c]), 1.0)
         k = np.float32(weight[c] * istd)
-        mean_g = np.float32(sum_g / count) if coupled else np.float32(0.0)
-        mean_gx = np.float32(sum_gx / count * istd) if coupled else np.float32(0.0)
-        mu32 = np.float32(mu)
+        mean_g = np.float32(sums[1, c] / count) if coupled else np.float32(0.0)
+        mean_gx = np.float32(sums[2, c] / count * istd) if coupled else np.float32(0.0)
+        mu32 = np.float32(mean[c])
         for i in range(n):
             for s in range(spatial):
                 dst[i, c, s] = k * (g[i, c, s] - mean_g - (src[i, c, s] - mu32) * mean_gx)

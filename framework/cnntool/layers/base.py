@@ -64,6 +64,27 @@ class Ref(NamedTuple):
     step: int = 0
 
 
+class Sync:
+    """A point in a layer's training calls where the pieces of a batch cut across threads
+    meet, for statistics of the whole batch (batch normalisation): the calls before it leave
+    each piece's share in `array` (a scratch array of the layer); `combine` (numpy, run in
+    Python) turns the list of every piece's share into the batch's, which each piece's
+    `array` then holds for the calls after it. A batch run as one piece (layer by layer, or
+    too small to cut) skips it: its share is the batch's.
+
+    A layer holding one in its training calls sets `per_example = False` and `syncs = True`;
+    its inference must then be per example."""
+
+    __slots__ = ("array", "combine")
+
+    def __init__(self, array: Ref, combine: Callable[[list[np.ndarray]], np.ndarray]) -> None:
+        self.array = array
+        self.combine = combine
+
+    def __repr__(self) -> str:
+        return f"Sync({self.array}, {getattr(self.combine, '__name__', self.combine)})"
+
+
 class Array(NamedTuple):
     """Shape (without the batch axis, for buffers) and dtype of an array a layer needs."""
 
@@ -183,8 +204,11 @@ class Layer:
     # True for layers whose output is their input reshaped (flatten): no kernel, no copy.
     view: ClassVar[bool] = False
     # False for layers whose result for one example depends on the others in the batch
-    # (batch statistics): their networks are never split across threads by examples.
+    # (batch statistics): their networks are never split across threads by examples, unless
+    # the layer `syncs`: its training calls meet at Sync points (see Sync), and it computes
+    # each example on its own in inference.
     per_example: ClassVar[bool] = True
+    syncs: ClassVar[bool] = False
     # True for layers reading several inputs (merge layers: add, concat); see the module docs.
     multi_input: ClassVar[bool] = False
     # How many inputs a layer takes: (fewest, most); None for no upper bound.
@@ -353,7 +377,10 @@ class Layer:
                 return self.buffer("scratch:" + arg.name, tuple(spec.shape), spec.dtype)
             raise ValueError(f"unknown array reference {arg}")
 
-        for kernel, args in calls:
+        for call in calls:
+            if isinstance(call, Sync):
+                continue  # one piece: its share is the batch's
+            kernel, args = call
             arrays = [resolve(arg) for arg in args]
             if KERNEL_TIMER is None:
                 kernel(*arrays)

@@ -4,7 +4,7 @@ Each channel (each feature, after a dense layer) is normalised to zero mean and 
 variance, then scaled by `weight` and shifted by `bias`. In training the statistics are the
 batch's, and exponential running averages of them are kept in `state` (`running_mean`,
 `running_var`); inference uses those. Because training couples the examples of a batch,
-networks holding batch normalisation are never cut into pieces across threads.
+the pieces of a batch cut across threads meet at each batch-norm layer (see kernels.norm).
 """
 
 from __future__ import annotations
@@ -15,15 +15,23 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from cnntool.kernels.norm import batchnorm_backward, batchnorm_forward
+from cnntool.kernels.norm import (
+    batchnorm_grad_sums,
+    batchnorm_grad_x,
+    batchnorm_inference,
+    batchnorm_moments,
+    batchnorm_normalize,
+)
 from cnntool.layers.base import (
     GRAD_OUT,
+    OFFSET,
     Array,
     Call,
     Layer,
     LayerConfig,
     Shape,
     ShapeError,
+    Sync,
     X,
     buf,
     expect_image,
@@ -38,6 +46,25 @@ Momentum = Annotated[
     Field(ge=0, le=1, description="Weight of the batch in the running statistics (PyTorch's momentum)."),
 ]
 Epsilon = Annotated[float, Field(gt=0, le=1, description="Added to the variance before the square root.")]
+
+
+def combine_moments(shares: list[np.ndarray]) -> np.ndarray:
+    """The (count, mean, squared deviations) of a batch from those of its pieces, by the
+    pairwise update of Chan, Golub and LeVeque (stable, unlike summing squares)."""
+    count, mean, squares = shares[0].astype(np.float64)
+    for share in shares[1:]:
+        other_count, other_mean, other_squares = share.astype(np.float64)
+        total = count + other_count
+        delta = other_mean - mean
+        mean = mean + delta * other_count / total
+        squares = squares + other_squares + delta * delta * count * other_count / total
+        count = total
+    return np.stack([count, mean, squares]).astype(np.float32)
+
+
+def add_shares(shares: list[np.ndarray]) -> np.ndarray:
+    """The sums of a batch: those of its pieces added up (in float64)."""
+    return np.sum(shares, axis=0, dtype=np.float64).astype(np.float32)
 
 
 class BatchNorm2DConfig(LayerConfig):
@@ -62,14 +89,17 @@ class BatchNorm2D(Layer):
     dL/dweight[c] = sum g * xhat, dL/dbias[c] = sum g, and, after a training forward,
     dL/dx = weight * inv_std / m * (m g - sum g - xhat sum g * xhat); after an inference
     forward (statistics constant), dL/dx = weight * inv_std * g.
-    Kernels (cnntool.kernels.norm): batchnorm_forward keeps mean, inv_std and the mode it
-    ran in, which batchnorm_backward reads. Batch statistics couple the examples
-    (`per_example = False`), so a network holding one is not cut across threads in training.
+    Kernels (cnntool.kernels.norm): inference is batchnorm_inference. Training is
+    batchnorm_moments (this piece's count, mean and squared deviations), a Sync combining
+    the pieces' moments, then batchnorm_normalize; backward is batchnorm_grad_sums, a Sync
+    adding the pieces' sums, then batchnorm_grad_x. So a batch cut across threads (one piece
+    each) is normalised with the whole batch's statistics (`per_example = False`, `syncs`).
     """
 
     Config = BatchNorm2DConfig
     config: BatchNorm2DConfig
     per_example = False
+    syncs = True
 
     def channels(self, input_shape: Shape) -> int:
         return expect_image(self, input_shape)[0]
@@ -97,25 +127,43 @@ class BatchNorm2D(Layer):
 
     def scratch_arrays(self) -> dict[str, Array]:
         channels = self.channels(self.input_shape)
-        # The statistics the last forward used, and whether it was in training mode.
-        return {"mean": Array((channels,)), "inv_std": Array((channels,)), "mode": Array((1,))}
+        # The statistics the last forward used, whether it was in training mode, and the
+        # batch's moments and gradient sums (see kernels.norm).
+        return {"mean": Array((channels,)), "inv_std": Array((channels,)), "mode": Array((1,)),
+                "moments": Array((3, channels)), "sums": Array((3, channels))}  # fmt: skip
 
-    def forward_calls(self, training: bool) -> list[Call]:
-        call = Call(
-            batchnorm_forward, x=X, weight=param("weight"), bias=param("bias"),
-            running_mean=state("running_mean"), running_var=state("running_var"), training=training,
-            momentum=float(self.config.momentum), eps=float(self.config.eps), mean=scratch("mean"),
-            inv_std=scratch("inv_std"), mode=scratch("mode"), out=buf("out"),
-        )  # fmt: skip
-        return [call]
+    def forward_calls(self, training: bool) -> list[Call | Sync]:
+        """Inference: one kernel with the running statistics. Training: this piece's moments,
+        the batch's (combined over the pieces), then the normalisation."""
+        common = {"x": X, "weight": param("weight"), "bias": param("bias"),
+                  "running_mean": state("running_mean"), "running_var": state("running_var"),
+                  "eps": float(self.config.eps), "mean": scratch("mean"), "inv_std": scratch("inv_std"),
+                  "mode": scratch("mode"), "out": buf("out")}  # fmt: skip
+        if not training:
+            return [Call(batchnorm_inference, **common)]
+        return [
+            Call(batchnorm_moments, x=X, moments=scratch("moments")),
+            Sync(scratch("moments"), combine_moments),
+            Call(batchnorm_normalize, **common, momentum=float(self.config.momentum),
+                 moments=scratch("moments"), offset=OFFSET),
+        ]  # fmt: skip
 
-    def backward_calls(self, need_grad_x: bool) -> list[Call]:
-        call = Call(
-            batchnorm_backward, grad_out=GRAD_OUT, x=X, weight=param("weight"), mean=scratch("mean"),
-            inv_std=scratch("inv_std"), mode=scratch("mode"), need_grad_x=need_grad_x,
-            grad_weight=grad("weight"), grad_bias=grad("bias"), grad_x=buf("grad_x"),
-        )  # fmt: skip
-        return [call]
+    def backward_calls(self, need_grad_x: bool) -> list[Call | Sync]:
+        """This piece's gradient sums; then, for dL/dx, the batch's (combined over the
+        pieces)."""
+        calls: list[Call | Sync] = [
+            Call(batchnorm_grad_sums, grad_out=GRAD_OUT, x=X, mean=scratch("mean"),
+                 inv_std=scratch("inv_std"), grad_weight=grad("weight"), grad_bias=grad("bias"),
+                 sums=scratch("sums"))
+        ]  # fmt: skip
+        if need_grad_x:
+            calls += [
+                Sync(scratch("sums"), add_shares),
+                Call(batchnorm_grad_x, grad_out=GRAD_OUT, x=X, weight=param("weight"), mean=scratch("mean"),
+                     inv_std=scratch("inv_std"), mode=scratch("mode"), sums=scratch("sums"),
+                     grad_x=buf("grad_x")),
+            ]  # fmt: skip
+        return calls
 
     def flops(self, input_shape: Shape) -> int:
         return 2 * math.prod(input_shape)
