@@ -85,7 +85,9 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
                 arrays[key] = np.ascontiguousarray(handle.get_tensor(key), np.float32)
     except CnntoolError:
         raise
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # the library's errors, and a panic of its Rust code
         raise InterchangeError(f"{where}: not a valid safetensors file: {describe(exc)}") from None
     if problems:
         raise InterchangeError(f"{where}: " + "; ".join(problems))
@@ -121,17 +123,13 @@ def import_safetensors(
         spec_data["classes"] = classes
     valid = validate_spec(spec_data)
     layers = plan_layers(valid)
-    params = [
-        (layer, "params", key, shape)
+    sections = {"params": "param_shapes", "state": "state_shapes"}
+    expected = {
+        f"{layer.name}.{key}": (section, tuple(shape))
         for layer in layers
-        for key, shape in layer.param_shapes(layer.input_shape).items()
-    ]
-    params += [
-        (layer, "state", key, shape)
-        for layer in layers
-        for key, shape in layer.state_shapes(layer.input_shape).items()
-    ]
-    expected = {f"{layer.name}.{key}": tuple(shape) for layer, _, key, shape in params}
+        for section, method in sections.items()
+        for key, shape in getattr(layer, method)(layer.input_shape).items()
+    }
     if set(expected) <= set(arrays):
         matched_by = "name"
         mapping = {key: key for key in expected}
@@ -149,18 +147,14 @@ def import_safetensors(
         matched_by = "order and shape"
         mapping = match_by_order(layers, arrays, where)
     found: dict[str, dict[str, np.ndarray]] = {"params": {}, "state": {}}
-    for layer, section, name, _ in params:
-        key = f"{layer.name}.{name}"
+    for key, (section, _) in expected.items():
         found[section][key] = arrays[mapping[key]]
     net = build_network(
         valid.model_dump(mode="json", exclude_none=True), found["params"], found["state"], where
     )
-    given = (
-        preprocessing
-        if preprocessing is not None
-        else metadata_json(metadata, META_PREPROCESSING, dict, where)
-    )
-    record = preprocessing_from(given or {}, where)
+    if preprocessing is None:
+        preprocessing = metadata_json(metadata, META_PREPROCESSING, dict, where)
+    record = preprocessing_from(preprocessing or {}, where)
     meta = {
         "preprocessing": record,
         "imported_from": {"file": os.path.basename(where), "format": "safetensors", "sha256": sha256,

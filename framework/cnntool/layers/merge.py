@@ -69,11 +69,8 @@ class Add(Layer):
         return math.prod(input_shape[0]) * (len(input_shape) - 1)
 
     def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
-        """One binary Add per further input: ((x0 + x1) + x2) ..."""
-        total = inputs[0]
-        for other in inputs[1:]:
-            total = onnx.node("Add", [total, other])
-        return total
+        """Add for two inputs, Sum (ONNX's n-ary add) for more."""
+        return onnx.node("Add" if len(inputs) == 2 else "Sum", inputs)
 
 
 def projection_hint(first: Shape, other: Shape, k: int) -> str:
