@@ -151,14 +151,17 @@ class Preprocessing(BaseModel):
 
 def preprocessing_from(given: Any, where: str) -> dict:
     """A validated preprocessing record from a dict, JSON text or a JSON file."""
-    from cnntool.errors import SpecError
-    from cnntool.spec import read_spec_data
-
+    data = given
+    if not isinstance(given, dict):
+        text = str(given)
+        if not text.lstrip().startswith("{"):
+            text = read_limited(text, "a JSON file of preprocessing").decode("utf-8", errors="replace")
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise InterchangeError(f"preprocessing {given!r} is not valid JSON: {exc}") from None
     try:
-        data = given if isinstance(given, dict) else read_spec_data(given)
         return Preprocessing.model_validate(data).model_dump(exclude_none=True)
-    except SpecError as exc:
-        raise InterchangeError(f"{where}: {exc}") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'preprocessing'}: {e['msg']}" for e in exc.errors()

@@ -121,7 +121,12 @@ def import_safetensors(
     classes = classes or metadata_json(metadata, META_CLASSES, list, where)
     if classes is not None:
         spec_data["classes"] = classes
-    valid = validate_spec(spec_data)
+    try:
+        valid = validate_spec(spec_data)
+    except CnntoolError as exc:
+        if spec is not None:
+            raise
+        raise InterchangeError(f"{where}: the spec in its metadata is not valid: {exc}") from None
     layers = plan_layers(valid)
     sections = {"params": "param_shapes", "state": "state_shapes"}
     expected = {
