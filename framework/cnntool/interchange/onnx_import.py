@@ -303,7 +303,7 @@ class Converter:
             self.unsupported.setdefault(node.op_type, []).append(name)
             self.unknown.update(node.output)
             return
-        if any(name in self.unknown for name in node.input):
+        if any(tensor in self.unknown for tensor in node.input):
             self.unknown.update(node.output)
             return
         label = f"node {name!r} ({node.op_type})"

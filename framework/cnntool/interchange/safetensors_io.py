@@ -118,7 +118,8 @@ def import_safetensors(
             )
     else:
         spec_data = dict(read_spec_data(spec))
-    classes = classes or metadata_json(metadata, META_CLASSES, list, where)
+    if classes is None and "classes" not in spec_data:
+        classes = metadata_json(metadata, META_CLASSES, list, where)
     if classes is not None:
         spec_data["classes"] = classes
     try:
