@@ -17,7 +17,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from cnntool.errors import BundleError, CnntoolError, DataError, InputError, PluginError, SpecError
+from cnntool.errors import (
+    BundleError,
+    CnntoolError,
+    DataError,
+    InputError,
+    InterchangeError,
+    PluginError,
+    SpecError,
+)
 
 __version__ = "0.1.0"
 
@@ -55,6 +63,7 @@ __all__ = [
     "CnntoolError",
     "DataError",
     "InputError",
+    "InterchangeError",
     "Layer",
     "LayerConfig",
     "Network",

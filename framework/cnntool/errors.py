@@ -32,6 +32,10 @@ class InputError(CnntoolError):
     """An input for inference (image, array, request) is unreadable or has the wrong shape."""
 
 
+class InterchangeError(CnntoolError):
+    """An ONNX or safetensors file cannot be written, or is unreadable, unsafe or unsupported."""
+
+
 def checked_path(source: str | os.PathLike, error: type[CnntoolError]) -> Path:
     """`source` as a `Path`. A NUL byte, which no file system accepts, raises `error` naming the
     path, instead of the ValueError that `os.stat` and `open` raise for it."""

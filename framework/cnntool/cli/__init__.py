@@ -146,7 +146,20 @@ def root(
 
 
 def register() -> None:
-    from cnntool.cli import data, evaluate, infer, inspect, layers, plot, plugin, serve, sweep, train, warmup
+    from cnntool.cli import (
+        data,
+        evaluate,
+        infer,
+        inspect,
+        interchange,
+        layers,
+        plot,
+        plugin,
+        serve,
+        sweep,
+        train,
+        warmup,
+    )
 
     app.command("train")(user_errors(train.train))
     app.command("inspect")(user_errors(inspect.inspect))
@@ -156,6 +169,8 @@ def register() -> None:
     app.command("serve")(user_errors(serve.serve))
     app.command("sweep")(user_errors(sweep.sweep))
     app.command("warmup")(user_errors(warmup.warmup))
+    app.command("export")(user_errors(interchange.export_model))
+    app.command("import")(user_errors(interchange.import_model))
     app.command("layers")(user_errors(layers.layers))
     app.command("schema")(user_errors(layers.schema))
     plugin.app.command("check")(user_errors(plugin.check))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cnntool.kernels.activations_extra import sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward
 from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Shape, X, buf
+
+if TYPE_CHECKING:
+    from cnntool.interchange.onnx_export import OnnxBuilder
 
 
 class SigmoidConfig(LayerConfig):
@@ -24,6 +27,7 @@ class Sigmoid(Layer):
 
     Config = SigmoidConfig
     kernels = (sigmoid_forward, sigmoid_backward)
+    onnx_op = "Sigmoid"
 
     def buffers(self) -> dict[str, Array]:
         return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
@@ -39,6 +43,9 @@ class Sigmoid(Layer):
     def flops(self, input_shape: Shape) -> int:
         return 4 * math.prod(input_shape)
 
+    def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
+        return onnx.node(self.onnx_op, inputs)
+
 
 class Tanh(Sigmoid):
     """y = tanh(x); dL/dx = g (1 - y²), from the output.
@@ -47,3 +54,4 @@ class Tanh(Sigmoid):
 
     Config = TanhConfig
     kernels = (tanh_forward, tanh_backward)
+    onnx_op = "Tanh"

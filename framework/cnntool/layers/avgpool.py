@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cnntool.kernels.avgpool import (
     avgpool2d_backward,
@@ -13,6 +13,9 @@ from cnntool.kernels.avgpool import (
 )
 from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Shape, X, buf, expect_image
 from cnntool.layers.maxpool2d import MaxPool2D, MaxPool2DConfig
+
+if TYPE_CHECKING:
+    from cnntool.interchange.onnx_export import OnnxBuilder
 
 
 class AvgPool2DConfig(MaxPool2DConfig):
@@ -78,3 +81,7 @@ class GlobalAvgPool2D(Layer):
 
     def flops(self, input_shape: Shape) -> int:
         return math.prod(input_shape)
+
+    def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
+        """GlobalAveragePool keeps (N, C, 1, 1); Flatten makes it the layer's (N, C)."""
+        return onnx.node("Flatten", [onnx.node("GlobalAveragePool", inputs)], axis=1)

@@ -30,6 +30,15 @@ kernel calls, `xs(k)` is input k.
 same batch size, so a training step allocates nothing; copy a result to keep it.
 `backward` overwrites `grads` (it does not accumulate). Parameters may be moved into one
 flat array of the network after `build`: always reach them through `self.params[...]`.
+
+For `cnntool export`, a layer may lower its inference form to ONNX nodes (`onnx_nodes`, given
+an `OnnxBuilder` bound to the layer and the names of its input tensors; it returns the name of
+its output tensor):
+
+    def onnx_nodes(self, onnx, inputs):
+        return onnx.node("Relu", inputs)
+
+A layer without it cannot be exported; the error names the layer and its distribution.
 """
 
 from __future__ import annotations
@@ -38,12 +47,15 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cnntool.errors import SpecError
+
+if TYPE_CHECKING:
+    from cnntool.interchange.onnx_export import OnnxBuilder
 
 Shape = tuple[int, ...]
 
@@ -393,6 +405,13 @@ class Layer:
     def flops(self, input_shape: Shape) -> int:
         """Floating-point operations of one forward pass for one example (a multiply-add is 2)."""
         return 0
+
+    def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
+        """Lower the layer's inference form to ONNX nodes added through `onnx` (opset 17, see
+        `cnntool.interchange.onnx_export.OnnxBuilder`) reading the tensors named `inputs` (one
+        per input, batch first); return the name of the output tensor. A layer that is the
+        identity at inference returns `inputs[0]`. Optional: without it, export fails."""
+        raise NotImplementedError(f"{type(self).__name__} has no ONNX lowering")
 
     # --- helpers for subclasses ------------------------------------------------------------
 

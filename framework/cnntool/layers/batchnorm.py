@@ -10,7 +10,7 @@ the pieces of a batch cut across threads meet at each batch-norm layer (see kern
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -40,6 +40,9 @@ from cnntool.layers.base import (
     scratch,
     state,
 )
+
+if TYPE_CHECKING:
+    from cnntool.interchange.onnx_export import OnnxBuilder
 
 Momentum = Annotated[
     float,
@@ -167,6 +170,15 @@ class BatchNorm2D(Layer):
 
     def flops(self, input_shape: Shape) -> int:
         return 2 * math.prod(input_shape)
+
+    def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
+        """BatchNormalization in inference form (running statistics); ONNX's momentum is the
+        weight of the running value, 1 - PyTorch's."""
+        arrays = [onnx.param(key) for key in ("weight", "bias", "running_mean", "running_var")]
+        return onnx.node(
+            "BatchNormalization", [inputs[0], *arrays], epsilon=float(self.config.eps),
+            momentum=1.0 - float(self.config.momentum),
+        )  # fmt: skip
 
 
 class BatchNorm1D(BatchNorm2D):

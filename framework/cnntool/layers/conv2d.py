@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -34,6 +34,9 @@ from cnntool.layers.base import (
     param,
     scratch,
 )
+
+if TYPE_CHECKING:
+    from cnntool.interchange.onnx_export import OnnxBuilder
 
 PositiveSize = Annotated[int, Field(ge=1, le=4096)]
 SizeOrPair = PositiveSize | tuple[PositiveSize, PositiveSize]
@@ -285,6 +288,14 @@ class Conv2D(Layer):
                  sh=sh, sw=sw, grad_cols=scratch("grad_cols"), weight_step=scratch("weight_step"),
                  grad_weight=grad("weight"), grad_bias=grad_bias, grad_x=buf("grad_x"))
         ]  # fmt: skip
+
+    def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
+        """Conv with explicit pads, in ONNX's order (top, left, bottom, right)."""
+        weights = [onnx.param("weight"), *([onnx.param("bias")] if self.config.use_bias else [])]
+        return onnx.node(
+            "Conv", [inputs[0], *weights], kernel_shape=pair(self.config.kernel_size),
+            strides=pair(self.config.stride), pads=self.padding(self.input_shape),
+        )  # fmt: skip
 
     def flops(self, input_shape: Shape) -> int:
         filters, oh, ow = self.compute_output_shape(input_shape)

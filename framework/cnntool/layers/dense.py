@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -23,6 +23,9 @@ from cnntool.layers.base import (
     param,
     scratch,
 )
+
+if TYPE_CHECKING:
+    from cnntool.interchange.onnx_export import OnnxBuilder
 
 
 class DenseConfig(LayerConfig):
@@ -98,6 +101,11 @@ class Dense(Layer):
             need_grad_x=need_grad_x, grad_weight=grad("weight"), grad_bias=grad_bias, grad_x=buf("grad_x"),
         )  # fmt: skip
         return [call]
+
+    def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
+        """Gemm: x @ weight.T (+ bias)."""
+        weights = [onnx.param("weight"), *([onnx.param("bias")] if self.config.use_bias else [])]
+        return onnx.node("Gemm", [inputs[0], *weights], transB=1)
 
     def flops(self, input_shape: Shape) -> int:
         return 2 * input_shape[0] * self.config.units + (self.config.units if self.config.use_bias else 0)

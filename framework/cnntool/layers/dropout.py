@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
@@ -29,6 +29,9 @@ from cnntool.layers.base import (
     buf,
     scratch,
 )
+
+if TYPE_CHECKING:
+    from cnntool.interchange.onnx_export import OnnxBuilder
 
 
 class DropoutConfig(LayerConfig):
@@ -80,3 +83,6 @@ class Dropout(Layer):
 
     def flops(self, input_shape: Shape) -> int:
         return math.prod(input_shape)
+
+    def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
+        return inputs[0]  # the identity at inference: left out of the graph

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -21,6 +21,9 @@ from cnntool.layers.base import (
     expect_image,
     pair,
 )
+
+if TYPE_CHECKING:
+    from cnntool.interchange.onnx_export import OnnxBuilder
 
 Size = Annotated[int, Field(ge=1, le=4096)]
 
@@ -106,3 +109,9 @@ class MaxPool2D(Layer):
         ph, pw = pair(self.config.pool_size)
         channels, oh, ow = self.compute_output_shape(input_shape)
         return channels * oh * ow * (ph * pw - 1)
+
+    def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
+        """MaxPool (AveragePool for avgpool2d), no padding, windows that fit (floor)."""
+        ph, pw, sh, sw = self.window
+        op = {"max": "MaxPool", "mean": "AveragePool"}[self.reduction]
+        return onnx.node(op, inputs, kernel_shape=[ph, pw], strides=[sh, sw], pads=[0, 0, 0, 0])

@@ -8,10 +8,13 @@ the layers named in their `inputs`.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cnntool.kernels.merge import add_forward, add_into, concat_backward, concat_forward
 from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Ref, Shape, ShapeError, buf, xs
+
+if TYPE_CHECKING:
+    from cnntool.interchange.onnx_export import OnnxBuilder
 
 
 class AddConfig(LayerConfig):
@@ -64,6 +67,10 @@ class Add(Layer):
 
     def flops(self, input_shape: tuple[Shape, ...]) -> int:
         return math.prod(input_shape[0]) * (len(input_shape) - 1)
+
+    def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
+        """Add for two inputs, Sum (ONNX's n-ary add) for more."""
+        return onnx.node("Add" if len(inputs) == 2 else "Sum", inputs)
 
 
 def projection_hint(first: Shape, other: Shape, k: int) -> str:
@@ -140,3 +147,6 @@ class Concat(Layer):
 
     def backward_results(self) -> list[Ref]:
         return [buf(f"grad_x{k}") for k in range(len(self.input_shape))]
+
+    def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
+        return onnx.node("Concat", inputs, axis=1)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cnntool.kernels.activation import relu_backward, relu_forward
 from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Shape, X, buf
+
+if TYPE_CHECKING:
+    from cnntool.interchange.onnx_export import OnnxBuilder
 
 
 class ReLUConfig(LayerConfig):
@@ -36,3 +39,6 @@ class ReLU(Layer):
 
     def flops(self, input_shape: Shape) -> int:
         return math.prod(input_shape)
+
+    def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
+        return onnx.node("Relu", inputs)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cnntool.kernels.activation import softmax_backward, softmax_forward
 from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Shape, ShapeError, X, buf
+
+if TYPE_CHECKING:
+    from cnntool.interchange.onnx_export import OnnxBuilder
 
 
 class SoftmaxConfig(LayerConfig):
@@ -43,3 +46,6 @@ class Softmax(Layer):
 
     def flops(self, input_shape: Shape) -> int:
         return 4 * input_shape[0]
+
+    def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
+        return onnx.node("Softmax", inputs, axis=1)

@@ -127,6 +127,14 @@ class DepthwiseConv2D(Layer):
         )
         return grad_x
 
+    def onnx_nodes(self, onnx, inputs: list[str]) -> str:
+        """Conv with one group per input channel and explicit pads (top, left, bottom, right)."""
+        weights = [onnx.param("weight"), *([onnx.param("bias")] if self.config.use_bias else [])]
+        return onnx.node(
+            "Conv", [inputs[0], *weights], kernel_shape=pair(self.config.kernel_size),
+            strides=pair(self.config.stride), pads=self.padding(self.input_shape), group=self.input_shape[0],
+        )  # fmt: skip
+
     def flops(self, input_shape: Shape) -> int:
         out_channels, out_h, out_w = self.compute_output_shape(input_shape)
         kh, kw = pair(self.config.kernel_size)

@@ -48,3 +48,7 @@ class LeakyReLU(Layer):
 
     def flops(self, input_shape: Shape) -> int:
         return math.prod(input_shape)
+
+    def onnx_nodes(self, onnx, inputs: list[str]) -> str:
+        """ONNX's LeakyRelu, its `alpha` the negative slope."""
+        return onnx.node("LeakyRelu", inputs, alpha=float(self.config.negative_slope))

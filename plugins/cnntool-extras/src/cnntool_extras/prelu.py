@@ -65,3 +65,10 @@ class PReLU(Layer):
 
     def flops(self, input_shape: Shape) -> int:
         return math.prod(input_shape)
+
+    def onnx_nodes(self, onnx, inputs: list[str]) -> str:
+        """ONNX's PRelu broadcasts the slope from the last axis: one slope per channel is
+        stored as (C, 1, 1) for an image, (C,) for a flat input, and a shared one as (1,)."""
+        slopes = self.params["weight"].shape[0]
+        shape = (slopes, *(1,) * (len(self.input_shape) - 1)) if slopes > 1 else (1,)
+        return onnx.node("PRelu", [inputs[0], onnx.param("weight", shape)])
