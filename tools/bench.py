@@ -14,7 +14,13 @@ Workloads (from the issue that asked for them):
   big-train-b64     the same at batch 64 over 1,000 images
   resnet-train-b64  models/resnet_fashion.json (a graph: residual blocks with batch norm),
                     SGD with momentum at batch 64 over 1,000 images
+  big-latency-b1    models/mnist_cnn.json, inference latency of one image
+  big-infer-b64     its inference throughput at batch 64
   resnet-latency-b1 its inference latency of one image
+
+Inference is also timed in onnxruntime, when it is installed, on the same network exported
+by `cnntool export --softmax` (probabilities, as predict_proba gives), with the same number
+of threads: the runtime people export to for fast CPU inference.
 
 Training is timed through cnntool's own command, `cnntool train --json` in a subprocess,
 from its per-epoch `seconds` (the first epoch, which loads compiled code, is left out);
@@ -61,6 +67,8 @@ INFER_WORKLOADS = {
     # name: (spec, batch size)
     "seed-latency-b1": ("models/seed_cnn.json", 1),
     "seed-infer-b64": ("models/seed_cnn.json", 64),
+    "big-latency-b1": ("models/mnist_cnn.json", 1),
+    "big-infer-b64": ("models/mnist_cnn.json", 64),
     "resnet-latency-b1": ("models/resnet_fashion.json", 1),
 }
 
@@ -311,13 +319,35 @@ def bench_inference(name: str, rounds: int, threads: int, folder: Path) -> dict:
                 torch.softmax(model(tx), 1)
             return (time.perf_counter() - started) / repeats
 
+    session = onnx_session(net, folder / f"{name}.onnx", threads)
+    feed = {session.get_inputs()[0].name: x} if session is not None else {}
+    if session is not None:
+        (ort_probs,) = session.run(["probabilities"], feed)
+        np.testing.assert_allclose(ort_probs, net.predict_proba(x), atol=1e-5)
+
+    def time_onnxruntime() -> float:
+        started = time.perf_counter()
+        for _ in range(repeats):
+            session.run(["probabilities"], feed)
+        return (time.perf_counter() - started) / repeats
+
     time_ours(), time_theirs()  # warm up both
-    ours, theirs = [], []
+    if session is not None:
+        time_onnxruntime()
+    ours, theirs, ort = [], [], []
     for _ in range(max(rounds, 3)):
         ours.append(time_ours())
         theirs.append(time_theirs())
+        if session is not None:
+            ort.append(time_onnxruntime())
     ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
+    extra = {}
+    if ort:
+        ort_s = statistics.median(ort)
+        extra = {"onnxruntime_us_per_call": ort_s * 1e6, "onnxruntime_images_per_s": batch / ort_s,
+                 "onnxruntime_ratio": ort_s / ours_s}  # fmt: skip
     return {
+        **extra,
         "workload": name,
         "batch": batch,
         "cnntool_us_per_call": ours_s * 1e6,
@@ -326,6 +356,25 @@ def bench_inference(name: str, rounds: int, threads: int, folder: Path) -> dict:
         "pytorch_images_per_s": batch / theirs_s,
         "ratio": theirs_s / ours_s,
     }
+
+
+def onnx_session(net, path: Path, threads: int):
+    """onnxruntime running `net` exported by cnntool (with its softmax), or None without
+    onnxruntime or the onnx extra."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    import cnntool
+    from cnntool.interchange import export_file
+
+    bundle = path.with_suffix(".cnnb")
+    cnntool.save_bundle(net, bundle)
+    export_file(bundle, path, softmax=True)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def startup(folder: Path, env: dict) -> dict:
@@ -419,9 +468,13 @@ def main() -> None:
 
 def format_row(row: dict) -> str:
     if "cnntool_us_per_call" in row:
+        ort = (
+            f"   onnxruntime {row['onnxruntime_us_per_call']:9.1f} us/call ({row['onnxruntime_ratio']:.2f}x)"
+            if "onnxruntime_us_per_call" in row else ""
+        )  # fmt: skip
         return (
             f"{row['workload']:16s} cnntool {row['cnntool_us_per_call']:9.1f} us/call   "
-            f"pytorch {row['pytorch_us_per_call']:9.1f} us/call   ratio {row['ratio']:5.2f}x"
+            f"pytorch {row['pytorch_us_per_call']:9.1f} us/call   ratio {row['ratio']:5.2f}x{ort}"
         )
     return (
         f"{row['workload']:16s} cnntool {row['cnntool_images_per_s']:9.0f} img/s   "
@@ -450,6 +503,16 @@ def print_report(results: dict) -> None:
                 for who in ("cnntool", "pytorch")
             ]
         print(f"| {row['workload']} | {cells[0]} | {cells[1]} | {row['ratio']:.2f}x |")
+    inference = [row for row in results["workloads"] if "onnxruntime_us_per_call" in row]
+    if inference:
+        print("\n| inference | cnntool | onnxruntime | onnxruntime time / cnntool time |")
+        print("|---|---|---|---|")
+        for row in inference:
+            cells = [
+                f"{row[f'{who}_us_per_call']:.1f} µs ({row[f'{who}_images_per_s']:,.0f} img/s)"
+                for who in ("cnntool", "onnxruntime")
+            ]
+            print(f"| {row['workload']} | {cells[0]} | {cells[1]} | {row['onnxruntime_ratio']:.2f}x |")
     print("\nper-epoch training loss, cnntool vs PyTorch (same weights, same data order):")
     for row in results["workloads"]:
         if "cnntool_losses" in row:
