@@ -141,6 +141,13 @@ class Network:
                 self._plan = Plan(self)
         return self._plan
 
+    def execution(self, registry: Any = None) -> dict[str, Any]:
+        """Whether the network runs compiled, and if not which layer forces layer by layer and
+        what it costs (cnntool.execution)."""
+        from cnntool.execution import describe_execution
+
+        return describe_execution(self.layers, registry, use_plan=self.use_plan)
+
     # --- computing -------------------------------------------------------------------------
 
     def forward(self, x: np.ndarray, *, training: bool = False) -> np.ndarray:

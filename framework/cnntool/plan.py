@@ -103,17 +103,27 @@ class Layout:
 
 def fusable(layers: list[Layer]) -> bool:
     """True when every layer declares its kernels (or is a view) with importable kernels."""
-    for layer in layers:
+    return fallback(layers) is None
+
+
+def fallback(layers: list[Layer]) -> tuple[int, str] | None:
+    """The first layer that keeps a network from being compiled, as (index, why), or None."""
+    for index, layer in enumerate(layers):
         if layer.view:
             continue
-        for calls in (layer.forward_calls(True), layer.forward_calls(False), layer.backward_calls(True)):
+        for what, calls in (
+            ("forward_calls(training=True)", layer.forward_calls(True)),
+            ("forward_calls(training=False)", layer.forward_calls(False)),
+            ("backward_calls(need_grad_x=True)", layer.backward_calls(True)),
+        ):
             if calls is None:
-                return False
+                return index, f"{type(layer).__name__} writes forward/backward by hand ({what} is None)"
             for kernel, _ in calls:
+                name = getattr(kernel, "__name__", repr(kernel))
                 module = sys.modules.get(getattr(kernel, "__module__", ""), None)
-                if module is None or getattr(module, getattr(kernel, "__name__", ""), None) is not kernel:
-                    return False
-    return True
+                if module is None or getattr(module, name, None) is not kernel:
+                    return index, f"kernel {name} of {what} is not a module-level function of its module"
+    return None
 
 
 class Generator:
@@ -213,7 +223,7 @@ class Generator:
             return self.dim(int(value))
         if isinstance(value, (float, np.floating)):
             self.reals.append(float(value))
-            return f"reals[{len(self.reals) - 1}]"
+            return real_text(value, f"reals[{len(self.reals) - 1}]")
         raise TypeError(f"kernel arguments must be arrays or numbers, received {type(value).__name__}")
 
     def readers(self, index: int, stop: int) -> list[int]:
@@ -439,6 +449,12 @@ class Generator:
             *sorted(imports),
         ]
         return "\n".join(header + body) + "\n"
+
+
+def real_text(value: Any, element: str) -> str:
+    """A float argument as generated code, of the type the layer gave it: an np.float32 stays
+    float32 (as it is when the layer runs layer by layer), any other float is float64."""
+    return f"np.float32({element})" if isinstance(value, np.float32) else element
 
 
 def kernel_sources_digest(kernels: dict) -> str:

@@ -43,11 +43,13 @@ def hyperparameters(config: dict) -> dict[str, Any]:
 
 def describe_spec(spec: Any, registry: Any = None) -> dict[str, Any]:
     """The summary of a validated spec."""
+    from cnntool.execution import describe_execution
     from cnntool.registry import get_registry
     from cnntool.spec import plan_layers
 
     registry = registry or get_registry()
-    rows = layer_rows(plan_layers(spec, registry))
+    layers = plan_layers(spec, registry)
+    rows = layer_rows(layers)
     types = sorted({row["type"] for row in rows})
     return {
         "kind": "spec",
@@ -58,6 +60,7 @@ def describe_spec(spec: Any, registry: Any = None) -> dict[str, Any]:
         "total_params": sum(row["params"] for row in rows),
         "total_flops": sum(row["flops"] for row in rows),
         "providers": {name: registry.provider(name) for name in types},
+        "execution": describe_execution(layers, registry),
         "runnable": True,
         "problems": [],
     }

@@ -62,6 +62,10 @@ def render(info: dict[str, Any]) -> None:
     console.print("providers: " + ", ".join(f"{k} ({v})" for k, v in sorted(info["providers"].items())))
     for problem in info.get("problems", []):
         console.print(f"cannot run here: {problem}")
+    if info.get("execution") is not None:
+        from cnntool.execution import execution_line
+
+        console.print(execution_line(info["execution"]))
     if info["kind"] != "bundle":
         return
     meta = info["meta"]

@@ -228,6 +228,9 @@ def train(
         f"{len(run.x_train)} training, {len(run.x_val)} validation, {len(run.dataset.x_test)} test images; "
         f"{options.optimizer}, lr {run.lr}{schedule}, batch {options.batch_size}, {run.threads} threads"
     )
+    from cnntool.execution import execution_line
+
+    note(execution_line(run.net.execution()))
     for line in run.init_report:
         note(line)
     if options.freeze:

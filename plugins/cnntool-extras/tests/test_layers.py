@@ -7,6 +7,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from cnntool.errors import SpecError
+from cnntool.layers import pair
 from cnntool.registry import get_registry
 from cnntool.testing import check_gradients, check_layer, layer_examples, make_layer
 
@@ -116,7 +117,7 @@ def test_depthwise_conv2d_matches_reference(rng, config, input_shape):
     grad_out = rng.standard_normal(out.shape).astype(np.float32)
     bias = layer.params.get("bias", np.zeros(out.shape[1], np.float32))
     y, grad_x, grad_weight, grad_bias = depthwise_reference(
-        x, layer.params["weight"], bias, layer._strides, layer._pads, grad_out
+        x, layer.params["weight"], bias, pair(layer.config.stride), layer.padding(layer.input_shape), grad_out
     )
     assert_close(out, y)
     assert_close(layer.backward(grad_out), grad_x)
@@ -136,7 +137,7 @@ def test_depthwise_output_sizes_follow_conv2d_rules():
     assert layer.params["weight"].shape == (6, 1, 3, 3)
     assert layer.params["bias"].shape == (6,)
     # Height: 2 rows of padding, 1 above and 1 below; width: 1 column, on the right.
-    assert layer._pads == (1, 0, 1, 1)
+    assert layer.padding(layer.input_shape) == (1, 0, 1, 1)
 
 
 def test_first_layer_skips_the_input_gradient_but_not_the_weights(rng):
