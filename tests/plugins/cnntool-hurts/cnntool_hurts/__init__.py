@@ -7,9 +7,14 @@ single call does not show, for the conformance kit's tests:
 - `short_output`: declares one row more than its kernel writes;
 - `batch_centered`: subtracts the batch mean but leaves `per_example` true, so a batch cut
   across threads gives other results than the whole batch;
-- `crashes`: a hand-written forward calling a kernel that writes far outside its output.
+- `crashes`: a hand-written forward calling a kernel that writes far outside its output;
+- `moody`: y = x by hand, except that with CNNTOOL_HURTS_FAIL set it raises in forward on
+  any input that is not all zeros (warm-ups run zeros), and with CNNTOOL_HURTS_SHAPE set its
+  output has the wrong shape (for the tests of errors naming the plugin while training,
+  inferring and serving).
 """
 
+import os
 from typing import Literal
 
 import numpy as np
@@ -182,3 +187,23 @@ class Crashes(Layer):
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         return grad_out.copy()
+
+
+class MoodyConfig(LayerConfig):
+    type: Literal["moody"] = "moody"
+
+
+class Moody(Layer):
+    """y = x, by hand; fails on request (see the module docs)."""
+
+    Config = MoodyConfig
+
+    def forward(self, x: np.ndarray, *, training: bool = False) -> np.ndarray:
+        if os.environ.get("CNNTOOL_HURTS_FAIL") and x.any():
+            raise RuntimeError("moody failed on purpose")
+        if os.environ.get("CNNTOOL_HURTS_SHAPE"):
+            return x[:, :, 1:]
+        return x
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        return grad_out
