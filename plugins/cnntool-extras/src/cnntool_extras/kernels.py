@@ -28,6 +28,20 @@ def leaky_relu_backward(grad_out, x, negative_slope, grad_x):
         dst[i] = g[i] if src[i] > 0 else negative_slope * g[i]
 
 
+# The same activation for one element, for a convolution before it to apply (the layer's
+# Epilogue): the compiled plan calls these from the convolution's kernel, image by image.
+@njit(cache=True, fastmath=True, nogil=True)
+def leaky_relu_value(x, negative_slope, unused):
+    """y = x where x > 0, else negative_slope * x."""
+    return x if x > 0 else negative_slope * x
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def leaky_relu_derivative(x, negative_slope, unused):
+    """dy/dx = 1 where x > 0, else negative_slope."""
+    return np.float32(1.0) if x > 0 else negative_slope
+
+
 @njit(cache=True, fastmath=True, nogil=True)
 def prelu_forward(x, weight, spatial, out):
     """out[n, c, s] = x where x > 0, else weight[c] * x, with x and out seen as (N, C, S),

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from cnntool.layers import GRAD_OUT, Array, Call, Layer, LayerConfig, Shape, X, buf
+from cnntool.layers import GRAD_OUT, Array, Call, Epilogue, Layer, LayerConfig, Shape, X, buf
 from cnntool_extras import kernels
 
 
@@ -32,6 +32,12 @@ class LeakyReLU(Layer):
             ({"type": "leaky_relu"}, (3, 6, 6)),
             ({"type": "leaky_relu", "negative_slope": 0.2}, (10,)),
         ]
+
+    @property
+    def epilogue(self) -> Epilogue:
+        """What a convolution before this layer applies in its own kernel instead (in a
+        compiled plan), like a ReLU: y and dy/dx for one element."""
+        return Epilogue(kernels.leaky_relu_value, kernels.leaky_relu_derivative, a=self.config.negative_slope)
 
     def buffers(self) -> dict[str, Array]:
         """Per-example arrays (shapes without the batch axis): the output and dL/dx."""
