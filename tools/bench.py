@@ -52,7 +52,7 @@ SEED = 0
 # Plain SGD at batch 1 (as the script cnntool grew from), momentum 0.9 at batch 64; both train
 # stably, so the two frameworks' losses stay comparable epoch after epoch.
 LR = 0.01
-MOMENTUM = {1: 0.0, 64: 0.9}
+MOMENTUM = {1: 0.0, 32: 0.9, 64: 0.9}
 
 TRAIN_WORKLOADS = {
     # name: (spec, batch size, images, epochs per run)

@@ -58,7 +58,9 @@ def bounds_checked_kernel(kernel: Any) -> Any:
         return kernel
     from numba import njit
 
-    options = {k: v for k, v in getattr(kernel, "targetoptions", {}).items() if k != "cache"}
+    options = {
+        k: v for k, v in getattr(kernel, "targetoptions", {}).items() if k not in ("cache", "nopython")
+    }
     _checked[kernel] = njit(**{**options, "boundscheck": True})(py_func)
     return _checked[kernel]
 
