@@ -63,7 +63,9 @@ class Softsign(Layer):
 
     @property
     def epilogue(self) -> Epilogue:
-        return Epilogue(softsign_value, softsign_derivative, a=self.config.scale)
+        return Epilogue(
+            softsign_value, softsign_derivative, a=self.config.scale, increasing=self.config.scale >= 0
+        )
 
     def buffers(self):
         return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
@@ -120,6 +122,12 @@ def test_the_convolution_applies_the_plugin_epilogue_and_agrees_with_layer_by_la
     assert "conv2d_forward_wide_epilogue as" in source and "softsign_forward" not in source
     # forward (both modes), backward, a training step and an SGD update, and with threads:
     compare_paths(spec({"type": "softsign", "scale": 0.75}), "softsign", 0, registry)
+    # An increasing activation and a max-pool after it: inference is one pass, as for ReLU.
+    pooled = spec({"type": "softsign", "scale": 0.75}, {"type": "maxpool2d", "pool_size": 2})
+    source = cnntool.Network.from_spec(pooled, registry=registry).plan.source
+    predict = source[source.index("def predict") : source.index("def forward")]
+    assert "(computed by an earlier layer's kernel)" in predict and "conv2d_epilogue_pool_wide as" in source
+    compare_paths(pooled, "softsign", 0, registry)
     # Against the formula too: the plan's logits equal dense(flatten(softsign(conv(x)))).
     x = np.random.default_rng(3).standard_normal((2, 2, 7, 7)).astype(np.float32)
     pre = cnntool.Network.from_spec(spec(), registry=registry).run_forward(x, stop=1)

@@ -229,9 +229,10 @@ def max_difference(a: np.ndarray, b: np.ndarray) -> float:
 def check_compiled(config: dict, input_shape: Any, *, seed: int = 0, registry: Any = None) -> str | None:
     """For a layer that declares its kernel calls: networks holding it (the kit's wrapping
     spec, and a stride-1 conv2d before it when the layer declares an epilogue the convolution
-    may fuse) run compiled and layer by layer, and must agree in forward (both modes),
-    backward, a training step followed by an SGD update, and a training step on a batch cut
-    across two threads. Returns why the check does not apply (a hand-written layer), or None."""
+    may fuse, and a max-pool after it) run compiled and layer by layer, and must agree in
+    forward (both modes), predictions, backward, a training step followed by an SGD update,
+    and a training step on a batch cut across two threads. Returns why the check does not
+    apply (a hand-written layer), or None."""
     from cnntool.registry import get_registry
     from cnntool.testing import wrapping_spec
 
@@ -261,10 +262,12 @@ def fusing_spec(config: dict, input_shape: Any, registry: Any) -> dict | None:
         return None
     channels = input_shape[0]
     conv = {"type": "conv2d", "name": "conv_before", "filters": channels, "kernel_size": 3, "padding": "same"}
+    # A 2x2 max-pool after it, when the image is large enough: inference may fuse all three.
+    pool = [{"type": "maxpool2d", "pool_size": 2}] if min(input_shape[1:]) >= 2 else []
     return {
         "name": f"check-fused-{config['type']}",
         "input_shape": list(input_shape),
-        "layers": [conv, config, {"type": "flatten"}, {"type": "dense", "units": 3}],
+        "layers": [conv, config, *pool, {"type": "flatten"}, {"type": "dense", "units": 3}],
     }
 
 
@@ -328,6 +331,8 @@ def compare_paths(spec: dict, type_name: str, seed: int, registry: Any) -> None:
     for training in (False, True):
         a, b = run(lambda net, training=training: net.forward(x, training=training))
         compare(f"forward (training={training})", a, b)
+    a, b = run(lambda net: net.predict_proba(x))  # inference may fuse further than forward
+    compare("predict", a, b)
     grad = rng.standard_normal((batch, *compiled.output_shape)).astype(np.float32)
     a, b = run(lambda net: (net.forward(x, training=True), net.backward(grad))[1])
     compare("backward: dL/dx", a, b)

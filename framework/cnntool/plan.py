@@ -264,7 +264,7 @@ class Generator:
                 continue
             if inference_only and self.fused_pool(index, stop):
                 pooled = index + 2
-                calls = layer.activation_pool_calls(Ref("next_buf", "out", 2))
+                calls = layer.activation_pool_calls(Ref("next_buf", "out", 2), **self.epilogue_after(index))
             elif self.fused(index - 1, stop):  # the layer before computed this ReLU already
                 lines[-1] += " (applied by the layer before)"
                 continue

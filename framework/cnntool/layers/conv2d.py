@@ -14,7 +14,11 @@ from cnntool.kernels.conv import (
     conv2d_forward_wide,
     conv2d_relu_pool_wide,
 )
-from cnntool.kernels.epilogue import conv2d_forward_wide_epilogue, epilogue_backward
+from cnntool.kernels.epilogue import (
+    conv2d_epilogue_pool_wide,
+    conv2d_forward_wide_epilogue,
+    epilogue_backward,
+)
 from cnntool.kernels.winograd import conv2d_forward_3x3, plane_shape
 from cnntool.layers.base import (
     GRAD_OUT,
@@ -137,11 +141,10 @@ class Conv2D(Layer):
     def fuses_pool(self, activation: Layer, pool: Layer) -> bool:
         """For inference, a ReLU and a 2x2 max-pool of stride 2 after a stride-1 convolution
         are one pass over the product (conv2d_relu_pool_wide)."""
+        epilogue = activation.epilogue
+        increasing = epilogue.increasing if isinstance(epilogue, Epilogue) else epilogue == "relu"
         return (
-            self.fuses(activation)
-            and activation.epilogue == "relu"
-            and pool.reduction == "max"
-            and pool.window == (2, 2, 2, 2)
+            self.fuses(activation) and increasing and pool.reduction == "max" and pool.window == (2, 2, 2, 2)
         )
 
     @property
@@ -254,10 +257,16 @@ class Conv2D(Layer):
         sh, sw = pair(self.config.stride)
         return [Call(conv2d_forward, x=X, **self.common(), sh=sh, sw=sw, cols=buf("cols"), out=buf("out"))]
 
-    def activation_pool_calls(self, pooled: Ref) -> list[Call]:
-        """Inference of this layer, a ReLU and a 2x2 max-pool after it, into `pooled` (the
-        pool's output buffer): one pass over the product instead of three."""
+    def activation_pool_calls(self, pooled: Ref, epilogue: Epilogue | None = None) -> list[Call]:
+        """Inference of this layer, a ReLU (or an increasing `epilogue`) and a 2x2 max-pool
+        after it, into `pooled` (the pool's output buffer): one pass over the product
+        instead of three."""
         columns = buf("cols") if self.keep_columns else scratch("cols")
+        if epilogue is not None:
+            return [
+                Call(conv2d_epilogue_pool_wide, x=X, **self.common(), padded=scratch("padded"),
+                     columns=columns, full=scratch("full"), **epilogue.arguments(), out=pooled)
+            ]  # fmt: skip
         return [
             Call(conv2d_relu_pool_wide, x=X, **self.common(), padded=scratch("padded"), columns=columns,
                  full=scratch("full"), out=pooled)

@@ -7,7 +7,8 @@ the same by declaring an `Epilogue`: two scalar `@njit` functions of float32 num
     value(x, a, b)        y for one pre-activation x
     derivative(x, a, b)   dy/dx at that x
 
-and the two numbers `a`, `b` they take (hyperparameters; 0 when unused). A convolution
+and the two numbers `a`, `b` they take (hyperparameters; 0 when unused); `increasing`
+says that `value` never decreases, so that a max-pool may be taken before it. A convolution
 before it then calls `value` on each element of each image right after computing it
 (`cnntool.kernels.epilogue`), and `derivative` in its backward pass; the plan compiles
 them into the convolution's kernel by name, so numba inlines them. Layer by layer, the
@@ -31,6 +32,10 @@ class Epilogue:
     derivative: Any
     a: float = 0.0
     b: float = 0.0
+    # True when value never decreases (leaky_relu with a slope >= 0; not swish): a max-pool
+    # after the activation may then pool first, so inference fuses convolution, activation
+    # and a 2x2 max-pool into one pass, as for ReLU.
+    increasing: bool = False
 
     def arguments(self) -> dict[str, Any]:
         """The kernel arguments that carry it (see cnntool.kernels.epilogue)."""

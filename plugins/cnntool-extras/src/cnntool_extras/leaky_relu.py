@@ -37,7 +37,11 @@ class LeakyReLU(Layer):
     def epilogue(self) -> Epilogue:
         """What a convolution before this layer applies in its own kernel instead (in a
         compiled plan), like a ReLU: y and dy/dx for one element."""
-        return Epilogue(kernels.leaky_relu_value, kernels.leaky_relu_derivative, a=self.config.negative_slope)
+        slope = self.config.negative_slope
+        # increasing: a max-pool after it may pool first (inference fuses all three).
+        return Epilogue(
+            kernels.leaky_relu_value, kernels.leaky_relu_derivative, a=slope, increasing=slope >= 0
+        )
 
     def buffers(self) -> dict[str, Array]:
         """Per-example arrays (shapes without the batch axis): the output and dL/dx."""
