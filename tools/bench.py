@@ -527,11 +527,11 @@ def print_report(results: dict) -> None:
         f"\nmachine: {m['cpu']}, {m['cpus']} CPUs, {m['threads']} threads; "
         f"numba {m['numba']}, numpy {m['numpy']}, BLAS {', '.join(m.get('blas', []))}"
     )
-    print("\n| workload | cnntool | PyTorch | cnntool / PyTorch |")
-    print("|---|---|---|---|")
-    for row in results["workloads"]:
-        if "builtin_images_per_s" in row or "builtin_us_per_call" in row:
-            continue  # the plugin workloads have their own table
+    torch_rows = [row for row in results["workloads"] if "cnntool_images_per_s" in row]
+    if torch_rows:
+        print("\n| workload | cnntool | PyTorch | cnntool / PyTorch |")
+        print("|---|---|---|---|")
+    for row in torch_rows:
         if "cnntool_us_per_call" in row:
             cells = [
                 f"{row[f'{who}_us_per_call']:.1f} µs ({row[f'{who}_images_per_s']:,.0f} img/s)"
@@ -555,7 +555,8 @@ def print_report(results: dict) -> None:
                 f"{row[f'{who}_{key}']:,.{digits}f} {unit}" for who in ("builtin", "plugin", "layer_by_layer")
             ]
             print(f"| {row['workload']} | {cells[0]} | {cells[1]} | {cells[2]} | {row['ratio']:.2f}x |")
-    print("\nper-epoch training loss, cnntool vs PyTorch (same weights, same data order):")
+    if any("cnntool_losses" in row for row in results["workloads"]):
+        print("\nper-epoch training loss, cnntool vs PyTorch (same weights, same data order):")
     for row in results["workloads"]:
         if "cnntool_losses" in row:
             ours = " ".join(f"{v:.5f}" for v in row["cnntool_losses"])
