@@ -301,10 +301,16 @@ def test_missing_plugin_type_names_the_distribution(data):
     doc = document(data)
     doc["spec"]["layers"][1]["type"] = "swish"
     doc["meta"]["providers"]["swish"] = "cnntool-extras==0.3.1"
-    with pytest.raises(
-        BundleError, match=r"layer type 'swish' is not installed; it was provided by cnntool-extras 0.3.1"
-    ):
+    with pytest.raises(BundleError) as caught:
         cnntool.bundle.load_bundle_bytes(repack(doc))
+    # The name and version, and where to get it: a local package's name on the public index
+    # may belong to someone else, so `pip install NAME==V` alone is not the advice.
+    assert str(caught.value).endswith(
+        "cannot build the network: layer type 'swish' is not installed; the bundle was made with "
+        "distribution cnntool-extras version 0.3.1: install that version from where its author publishes "
+        "it (their package index: pip install --index-url URL 'cnntool-extras==0.3.1'; or a local copy: "
+        "pip install PATH); a package named cnntool-extras on PyPI may belong to someone else"
+    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -65,12 +65,14 @@ def installed_here(distribution):
 
 @pytest.fixture(scope="session")
 def sites(tmp_path_factory):
-    """Folders holding installed plugin distributions: extras, broken (+ sloppy), clash (a + b)."""
+    """Folders holding installed plugin distributions: extras, broken (+ sloppy), clash (a + b),
+    hurts."""
     base = tmp_path_factory.mktemp("plugins")
     groups = {
         "extras": [ROOT / "plugins" / "cnntool-extras"],
         "broken": [ROOT / "tests/plugins/cnntool-broken", ROOT / "tests/plugins/cnntool-sloppy"],
         "clash": [ROOT / "tests/plugins/cnntool-clash-a", ROOT / "tests/plugins/cnntool-clash-b"],
+        "hurts": [ROOT / "tests/plugins/cnntool-hurts"],
     }
     folders = {}
     for name, sources in groups.items():
@@ -190,10 +192,11 @@ def test_plugin_layers_train_save_load_and_infer_like_builtins(sites, extras_bun
 )
 def test_bundle_of_an_uninstalled_plugin_names_the_distribution(extras_bundle):
     path, report = extras_bundle
-    missing = "; ".join(
-        f"layer type {name!r} is not installed; it was provided by cnntool-extras 0.1.0: "
-        "pip install 'cnntool-extras==0.1.0'"
-        for name in ("depthwise_conv2d", "leaky_relu", "prelu")
+    missing = (
+        "layer types 'depthwise_conv2d', 'leaky_relu', 'prelu' are not installed; the bundle was made "
+        "with distribution cnntool-extras version 0.1.0: install that version from where its author "
+        "publishes it (their package index: pip install --index-url URL 'cnntool-extras==0.1.0'; or a "
+        "local copy: pip install PATH); a package named cnntool-extras on PyPI may belong to someone else"
     )
     expected = f"{path}: cannot build the network: {missing}"
     with pytest.raises(BundleError) as caught:
@@ -228,7 +231,10 @@ def test_bundle_of_an_uninstalled_plugin_names_the_distribution(extras_bundle):
     assert info["history"] == report["history"]
     text = cnntool_run("inspect", path)
     assert text.returncode == 0
-    assert "cannot run here: layer type 'leaky_relu' is not installed" in " ".join(text.stdout.split())
+    assert (
+        "cannot run here: layer types 'depthwise_conv2d', 'leaky_relu', 'prelu' are not installed"
+        in " ".join(text.stdout.split())
+    )
 
 
 def test_broken_plugins_are_named_once_and_everything_else_works(sites, extras_bundle, tmp_path):
@@ -308,7 +314,10 @@ def test_disable_plugins_loads_only_builtins(sites, extras_bundle):
     assert {row["type"] for row in json.loads(layers.stdout)} == BUILTINS
     infer = cnntool_run("infer", extras_bundle[0], DIGITS / "digit_7.png", sites=both, env=disabled)
     assert infer.returncode == 1
-    assert "layer type 'leaky_relu' is not installed; it was provided by cnntool-extras 0.1.0" in infer.stderr
+    assert (
+        "are not installed; the bundle was made with distribution cnntool-extras version 0.1.0"
+        in infer.stderr
+    )
     disabled_hint = "; plugins are disabled (CNNTOOL_DISABLE_PLUGINS is set); unset it to load installed ones"
     assert disabled_hint in infer.stderr
     check = cnntool_run("plugin", "check", "cnntool-extras", sites=both, env=disabled)
@@ -324,13 +333,15 @@ def test_plugin_check_passes_the_example_and_catches_each_mistake(sites):
     report = json.loads(extras.stdout)
     assert (report["distribution"], report["version"], report["passed"]) == ("cnntool-extras", "0.1.0", True)
     assert {r["type"] for r in report["results"]} == {"leaky_relu", "prelu", "depthwise_conv2d"}
-    assert len(report["results"]) == 4 * 8  # four checks on each of the eight declared examples
+    assert len(report["results"]) == 6 * 8  # six checks on each of the eight declared examples
+    # Declared in the fast style, every example ran compiled and agreed with layer by layer.
+    assert [r["message"] for r in report["results"] if r["check"] == "compiled"] == [""] * 8
     text = cnntool_run("plugin", "check", "cnntool-extras", sites=[sites["extras"]])
-    assert text.returncode == 0 and text.stdout.rstrip().endswith("all 32 checks passed")
+    assert text.returncode == 0 and text.stdout.rstrip().endswith("all 48 checks passed")
 
     sloppy = cnntool_run("plugin", "check", "cnntool-sloppy", "--json", sites=[sites["broken"]])
     assert sloppy.returncode == 1
-    assert sloppy.stderr.splitlines()[-1] == "error: cnntool-sloppy 0.3.0: 6 of 16 checks failed"
+    assert sloppy.stderr.splitlines()[-1] == "error: cnntool-sloppy 0.3.0: 6 of 24 checks failed"
     failures = {
         (r["type"], r["check"]): r["message"] for r in json.loads(sloppy.stdout)["results"] if not r["ok"]
     }
@@ -342,19 +353,29 @@ def test_plugin_check_passes_the_example_and_catches_each_mistake(sites):
         ("lost_config", "bundle"),
         ("unsaved_weight", "bundle"),
     }
-    assert failures["wrong_gradient", "gradients"].startswith("wrong_gradient: gradient of x[")
-    assert failures["wrong_shape", "shapes"] == (
+    # Every message says which check, which layer type and distribution, what was expected and found.
+    where = "check {!r} of layer type {!r} from cnntool-sloppy==0.3.0: ".format
+    assert failures["wrong_gradient", "gradients"].startswith(
+        where("gradients", "wrong_gradient") + "wrong_gradient: gradient of x["
+    )
+    assert failures["wrong_shape", "shapes"] == where("shapes", "wrong_shape") + (
         "wrong_shape: forward returned float32[2, 3, 8, 8] for input [2, 3, 8, 8], "
         "expected float32[2, 3, 7, 8] from compute_output_shape"
     )
-    assert failures["lost_config", "config"] == (
+    assert failures["lost_config", "config"] == where("config", "lost_config") + (
         "lost_config: config LostConfigConfig(type='lost_config', name=None, inputs=None, factor=3.0) "
         "dumps to {'type': 'lost_config'}, which validates to "
         "LostConfigConfig(type='lost_config', name=None, inputs=None, factor=2.0)"
     )
     assert failures["unsaved_weight", "bundle"].startswith(
-        "unsaved_weight: bundle round trip: outputs differ after loading by up to "
+        where("bundle", "unsaved_weight")
+        + "unsaved_weight: bundle round trip: outputs differ after loading by up to "
     )
+    # Hand-written layers have no plan to compare: the check says so and passes.
+    skipped = [r for r in json.loads(sloppy.stdout)["results"] if r["check"] == "compiled"]
+    assert {r["message"] for r in skipped} == {
+        "skipped: the layer writes forward/backward by hand, so networks holding it run layer by layer"
+    }
 
     broken = cnntool_run("plugin", "check", "cnntool-broken", "--json", sites=[sites["broken"]])
     assert broken.returncode == 1
@@ -385,3 +406,153 @@ def test_example_plugin_own_tests_pass_against_the_installed_distribution(sites)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = result.stdout.splitlines()[-1]
     assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
+
+
+HURTS = "cnntool-hurts==0.4.0"
+
+
+def test_plugin_check_catches_what_hurts_without_crashing(sites):
+    """Declared-call layers with the mistakes a single call does not show: each is a failed
+    check saying which check, layer type, distribution, and what was expected and found."""
+    result = cnntool_run("plugin", "check", "cnntool-hurts", "--json", sites=[sites["hurts"]])
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == "error: cnntool-hurts 0.4.0: 14 of 35 checks failed"
+    failures = {
+        (r["type"], r["check"]): r["message"] for r in json.loads(result.stdout)["results"] if not r["ok"]
+    }
+    not_run = "not run: the process died during check 'shapes'"
+    assert set(failures) == {
+        ("accumulating_scale", "repeat"),
+        ("batch_centered", "compiled"),
+        *(("out_of_bounds", check) for check in ("shapes", "gradients", "repeat", "compiled", "bundle")),
+        ("short_output", "shapes"),
+        ("short_output", "compiled"),
+        *(("crashes", check) for check in ("shapes", "gradients", "repeat", "compiled", "bundle")),
+    }
+    where = f"check {{!r}} of layer type {{!r}} from {HURTS}: ".format
+    # An accumulating backward: the second call's gradient is twice the first.
+    assert failures["accumulating_scale", "repeat"].startswith(
+        where("repeat", "accumulating_scale")
+        + "accumulating_scale: backward called twice on the same gradient "
+        "gave grads['weight'] "
+    )
+    assert (
+        "the second is twice the first, so backward adds to the gradient (grad += ...)"
+        in (failures["accumulating_scale", "repeat"])
+    )
+    # A write outside the declared output: a bounds-checked kernel names itself and its arrays;
+    # the compiled checks, which cannot be bounds-checked, are not run.
+    assert failures["out_of_bounds", "shapes"] == where("shapes", "out_of_bounds") + (
+        'out_of_bounds: kernel copy_flat(x=X float32[2, 3, 8, 8], out=buf("out") float32[2, 3, 7, 8]) '
+        "indexed outside one of its arrays (index is out of bounds); an array is smaller than the kernel "
+        "assumes: check compute_output_shape, buffers() and scratch_arrays() against what the kernel reads "
+        "and writes"
+    )
+    assert failures["out_of_bounds", "bundle"] == where("bundle", "out_of_bounds") + (
+        "not run: a kernel indexed outside its arrays in check 'shapes'"
+    )
+    # A declared shape larger than what the kernel writes.
+    assert failures["short_output", "shapes"] == where("shapes", "short_output") + (
+        "short_output: forward's kernels left 48 of 432 elements of buf('out') unwritten (first at "
+        "[1, 2, 3, 0]); its declared shape [2, 3, 9, 8] (from compute_output_shape [3, 9, 8]) is larger "
+        "than what the kernels write"
+    )
+    # The plan and layer-by-layer execution disagree once the batch is cut across threads.
+    assert failures["batch_centered", "compiled"].startswith(
+        where("compiled", "batch_centered") + "batch_centered: network: training step with the batch cut "
+        "across threads: loss: compiled and layer by layer differ by up to "
+    )
+    # A segmentation fault in a hand-written layer is a failed check; the other types still ran.
+    assert failures["crashes", "shapes"].startswith(
+        where("shapes", "crashes") + "the checking process died (signal SIGSEGV) running the layer"
+    )
+    assert failures["crashes", "bundle"] == not_run
+    passed = {r["type"] for r in json.loads(result.stdout)["results"] if r["ok"]}
+    assert "moody" in passed
+
+
+def test_plugin_layer_failures_name_the_layer_in_train_infer_and_serve(sites, tmp_path):
+    import httpx
+
+    spec = tmp_path / "moody.json"
+    layers = [{"type": "moody"}, {"type": "flatten"}, {"type": "dense", "units": 10}]
+    spec.write_text(json.dumps({"name": "moody", "input_shape": [1, 28, 28], "layers": layers}))
+    who = f"layer 0 (moody_1, type 'moody' from {HURTS})"
+    check = "this is the plugin's error: check it with `cnntool plugin check cnntool-hurts`"
+    train = ["train", spec, "--data", "mnist-sample", "--epochs", "1", "--batch-size", "8"]
+    wrong = cnntool_run(
+        *train, "--out", tmp_path / "no.cnnb", sites=[sites["hurts"]], env={"CNNTOOL_HURTS_SHAPE": "1"}
+    )
+    assert wrong.returncode == 1
+    assert wrong.stderr.splitlines()[-1] == (
+        f"error: {who}: forward returned float32[8, 1, 27, 28], expected float32[8, 1, 28, 28] "
+        f"(from compute_output_shape); {check}"
+    )
+    # Says that the network runs layer by layer, and because of which layer.
+    assert f"runs layer by layer because of layer 0 (moody_1, type 'moody' from {HURTS})" in wrong.stderr
+
+    bundle = tmp_path / "moody.cnnb"
+    trained = cnntool_run(*train, "--out", bundle, "--json", sites=[sites["hurts"]])
+    assert trained.returncode == 0, trained.stderr
+    execution = json.loads(trained.stdout)["execution"]
+    assert (execution["compiled"], execution["layer"]) == (
+        False,
+        {"index": 0, "name": "moody_1", "type": "moody", "provider": HURTS},
+    )
+    failing = {"CNNTOOL_HURTS_FAIL": "1"}
+    infer = cnntool_run("infer", bundle, DIGITS / "digit_7.png", sites=[sites["hurts"]], env=failing)
+    assert (infer.returncode, infer.stderr.splitlines()[-1]) == (
+        1,
+        f"error: {who} failed in forward: RuntimeError: moody failed on purpose; this is the plugin's "
+        "error: check it with `cnntool plugin check cnntool-hurts` and report it to its authors",
+    )
+
+    port = free_port()
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(sites["hurts"]), os.environ.get("PYTHONPATH", "")]),
+        **failing,
+    }
+    server = subprocess.Popen(
+        [CNNTOOL, "serve", str(bundle), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        env=environment,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            wait_ready(client, server)
+            answer = client.post("/v1/predict", json={"inputs": [[[0.5] * 28] * 28]})
+            assert answer.status_code == 500
+            assert answer.json()["error"].startswith(
+                f"{who} failed in forward: RuntimeError: moody failed on purpose"
+            )
+            assert client.get("/healthz").status_code == 200  # the server itself is fine
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_ready(client, server):
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + 180  # a guard against hanging, not a timing assertion
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "the server exited early"
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail("server not ready after 180 s")

@@ -17,6 +17,12 @@ Workloads (from the issue that asked for them):
   big-latency-b1    models/mnist_cnn.json, inference latency of one image
   big-infer-b64     its inference throughput at batch 64
   resnet-latency-b1 its inference latency of one image
+  plugin-train-b1   the seed net with the plugin activation leaky_relu (cnntool-extras, fused
+                    into the convolution before it) in place of relu, against the seed net
+                    with built-in relu, side by side, and layer by layer (CNNTOOL_FUSE=0),
+                    SGD at batch 1 over 1,000 images
+  plugin-train-b32  the same at batch 32
+  plugin-latency-b1 inference latency of one image, plugin against built-in
 
 Inference is also timed in onnxruntime, when it is installed, on the same network exported
 by `cnntool export --softmax` (probabilities, as predict_proba gives), with the same number
@@ -44,6 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +60,7 @@ SEED = 0
 # Plain SGD at batch 1 (as the script cnntool grew from), momentum 0.9 at batch 64; both train
 # stably, so the two frameworks' losses stay comparable epoch after epoch.
 LR = 0.01
-MOMENTUM = {1: 0.0, 64: 0.9}
+MOMENTUM = {1: 0.0, 32: 0.9, 64: 0.9}
 
 TRAIN_WORKLOADS = {
     # name: (spec, batch size, images, epochs per run)
@@ -102,6 +109,21 @@ def cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+# The seed net with a plugin activation in place of each ReLU, against the seed net itself:
+# the same shapes and the same work (leaky_relu, like relu, is one compare and select per
+# element, and a stride-1 convolution before it applies it in its own kernel).
+PLUGIN_LAYERS = (
+    {"type": "leaky_relu", "negative_slope": 0.01},
+    {"type": "leaky_relu", "negative_slope": 0.01},
+)
+PLUGIN_WORKLOADS = {
+    # name: (batch size, images, epochs per run); batch 0: inference latency
+    "plugin-train-b1": (1, 1000, 3),
+    "plugin-train-b32": (32, 1000, 4),
+    "plugin-latency-b1": (0, 1, 0),
+}
 
 
 def machine(threads: int) -> dict:
@@ -377,6 +399,119 @@ def onnx_session(net, path: Path, threads: int):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def install_extras(folder: Path) -> Path:
+    """plugins/cnntool-extras installed into a folder of its own (offline, no dependencies),
+    to put on PYTHONPATH: the project's environment is not changed."""
+    import shutil
+
+    target = folder / "site-extras"
+    if not target.exists():
+        source = shutil.copytree(ROOT / "plugins/cnntool-extras", folder / "extras-src",
+                                 ignore=shutil.ignore_patterns("build", "*.egg-info"))  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+             "--no-build-isolation", "--target", str(target), str(source)],
+            check=True,
+        )  # fmt: skip
+    return target
+
+
+def plugin_specs(folder: Path) -> dict[str, Path]:
+    """The seed spec with built-in relu, and with the plugin activations in their place."""
+    data = json.loads((ROOT / "models/seed_cnn.json").read_text())
+    data.pop("training", None)
+    data.pop("classes", None)
+    plugin = json.loads(json.dumps(data))
+    relus = [k for k, layer in enumerate(plugin["layers"]) if layer["type"] == "relu"]
+    for k, layer in zip(relus, PLUGIN_LAYERS, strict=True):
+        plugin["layers"][k] = dict(layer)
+    paths = {}
+    for name, spec in (("builtin", data), ("plugin", plugin)):
+        paths[name] = folder / f"seed-{name}.json"
+        paths[name].write_text(json.dumps(spec))
+    return paths
+
+
+def bench_plugin(name: str, rounds: int, threads: int, folder: Path, env: dict) -> dict:
+    """Built-in against plugin layers of the same work, alternating, in one run; and the
+    plugin net layer by layer, what a plugin without declared kernel calls costs."""
+    batch, images, epochs = PLUGIN_WORKLOADS[name]
+    site = install_extras(folder)
+    specs = plugin_specs(folder)
+    plugin_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))}
+    runs = {
+        "builtin": (specs["builtin"], env),
+        "plugin": (specs["plugin"], plugin_env),
+        "layer_by_layer": (specs["plugin"], {**plugin_env, "CNNTOOL_FUSE": "0"}),
+    }
+    if batch == 0:
+        return plugin_latency(name, rounds, threads, site, specs)
+    data = dataset(folder, images)
+    seconds: dict[str, list[float]] = {key: [] for key in runs}
+    losses = {}
+    for _ in range(rounds):
+        for key, (spec, environment) in runs.items():
+            report = run_cnntool_train(
+                spec, data, batch, epochs, threads, folder / f"{name}-{key}.cnnb", environment
+            )
+            seconds[key] += [r["seconds"] for r in report["history"][1:]]
+            losses[key] = [r["loss"] for r in report["history"]]
+            if key != "layer_by_layer":
+                assert report["execution"]["compiled"], report["execution"]
+    rates = {key: images / statistics.median(values) for key, values in seconds.items()}
+    return {
+        "workload": name,
+        "batch": batch,
+        "images": images,
+        "builtin_images_per_s": rates["builtin"],
+        "plugin_images_per_s": rates["plugin"],
+        "layer_by_layer_images_per_s": rates["layer_by_layer"],
+        "ratio": rates["plugin"] / rates["builtin"],
+        "spread": {key: [min(values), max(values)] for key, values in seconds.items()},
+        "losses": losses,
+    }
+
+
+def plugin_latency(name: str, rounds: int, threads: int, site: Path, specs: dict[str, Path]) -> dict:
+    """Inference latency of one image, built-in against plugin, in this process."""
+    import cnntool
+    from cnntool.data import load_dataset
+    from cnntool.registry import reset_registry
+
+    sys.path.insert(0, str(site))
+    reset_registry()
+    cnntool.set_threads(threads)
+    x = load_dataset("mnist-sample").x_test[:1].astype(np.float32) / np.float32(255.0)
+    nets = {key: cnntool.Network.from_spec(specs[key], seed=SEED) for key in ("builtin", "plugin")}
+    plain = cnntool.Network.from_spec(specs["plugin"], seed=SEED)
+    plain.use_plan = False
+    nets["layer_by_layer"] = plain
+    repeats = 5000
+
+    def timed(net: Any) -> float:
+        started = time.perf_counter()
+        for _ in range(repeats):
+            net.predict_proba(x)
+        return (time.perf_counter() - started) / repeats
+
+    for net in nets.values():
+        timed(net)  # compile or load, and warm up
+    times: dict[str, list[float]] = {key: [] for key in nets}
+    for _ in range(max(rounds, 3)):
+        for key, net in nets.items():
+            times[key].append(timed(net))
+    us = {key: statistics.median(values) * 1e6 for key, values in times.items()}
+    return {
+        "workload": name,
+        "batch": 1,
+        "builtin_us_per_call": us["builtin"],
+        "plugin_us_per_call": us["plugin"],
+        "layer_by_layer_us_per_call": us["layer_by_layer"],
+        "ratio": us["builtin"] / us["plugin"],
+        "spread": {key: [min(v) * 1e6, max(v) * 1e6] for key, v in times.items()},
+    }
+
+
 def startup(folder: Path, env: dict) -> dict:
     """Wall times of `cnntool --help`, of `cnntool infer` on a warm cache, and of the demo's
     training run on a cold cache (fresh NUMBA_CACHE_DIR and CNNTOOL_CACHE_DIR)."""
@@ -444,7 +579,7 @@ def main() -> None:
     from cnntool.threads import requested_threads
 
     threads = requested_threads(args.threads)
-    names = args.only or [*TRAIN_WORKLOADS, *INFER_WORKLOADS]
+    names = args.only or [*TRAIN_WORKLOADS, *INFER_WORKLOADS, *PLUGIN_WORKLOADS]
     results = {"machine": machine(threads), "workloads": []}
     env = {**os.environ, "CNNTOOL_THREADS": str(threads)}
     with tempfile.TemporaryDirectory(prefix="cnntool-bench-") as tmp:
@@ -454,10 +589,11 @@ def main() -> None:
                 results["workloads"].append(bench_training(name, args.rounds, threads, folder, env))
             elif name in INFER_WORKLOADS:
                 results["workloads"].append(bench_inference(name, args.rounds, threads, folder))
+            elif name in PLUGIN_WORKLOADS:
+                results["workloads"].append(bench_plugin(name, args.rounds, threads, folder, env))
             else:
-                raise SystemExit(
-                    f"unknown workload {name!r}; known: {', '.join([*TRAIN_WORKLOADS, *INFER_WORKLOADS])}"
-                )
+                known = ", ".join([*TRAIN_WORKLOADS, *INFER_WORKLOADS, *PLUGIN_WORKLOADS])
+                raise SystemExit(f"unknown workload {name!r}; known: {known}")
             print(format_row(results["workloads"][-1]), flush=True)
         if "seed-train-b1" in names:
             results["startup"] = startup(folder, env)
@@ -467,6 +603,18 @@ def main() -> None:
 
 
 def format_row(row: dict) -> str:
+    if "plugin_us_per_call" in row:
+        return (
+            f"{row['workload']:16s} built-in {row['builtin_us_per_call']:7.1f} us/call   plugin "
+            f"{row['plugin_us_per_call']:7.1f} us/call   layer by layer "
+            f"{row['layer_by_layer_us_per_call']:7.1f} us/call   plugin / built-in speed {row['ratio']:5.2f}x"
+        )
+    if "plugin_images_per_s" in row:
+        return (
+            f"{row['workload']:16s} built-in {row['builtin_images_per_s']:8.0f} img/s   plugin "
+            f"{row['plugin_images_per_s']:8.0f} img/s   layer by layer "
+            f"{row['layer_by_layer_images_per_s']:8.0f} img/s   plugin / built-in speed {row['ratio']:5.2f}x"
+        )
     if "cnntool_us_per_call" in row:
         ort = (
             f"   onnxruntime {row['onnxruntime_us_per_call']:9.1f} us/call ({row['onnxruntime_ratio']:.2f}x)"
@@ -489,9 +637,11 @@ def print_report(results: dict) -> None:
         f"\nmachine: {m['cpu']} ({isa}), {m['cpus']} CPUs, {m['threads']} threads; "
         f"numba {m['numba']}, numpy {m['numpy']}, BLAS {', '.join(m.get('blas', []))}"
     )
-    print("\n| workload | cnntool | PyTorch | cnntool / PyTorch |")
-    print("|---|---|---|---|")
-    for row in results["workloads"]:
+    torch_rows = [row for row in results["workloads"] if "cnntool_images_per_s" in row]
+    if torch_rows:
+        print("\n| workload | cnntool | PyTorch | cnntool / PyTorch |")
+        print("|---|---|---|---|")
+    for row in torch_rows:
         if "cnntool_us_per_call" in row:
             cells = [
                 f"{row[f'{who}_us_per_call']:.1f} µs ({row[f'{who}_images_per_s']:,.0f} img/s)"
@@ -513,7 +663,20 @@ def print_report(results: dict) -> None:
                 for who in ("cnntool", "onnxruntime")
             ]
             print(f"| {row['workload']} | {cells[0]} | {cells[1]} | {row['onnxruntime_ratio']:.2f}x |")
-    print("\nper-epoch training loss, cnntool vs PyTorch (same weights, same data order):")
+    plugin_rows = [row for row in results["workloads"] if "ratio" in row and "spread" in row]
+    if plugin_rows:
+        print("\n| workload | built-in layers | plugin layers | plugin, layer by layer | plugin / built-in |")
+        print("|---|---|---|---|---|")
+        for row in plugin_rows:
+            unit = "µs" if "builtin_us_per_call" in row else "img/s"
+            key = "us_per_call" if unit == "µs" else "images_per_s"
+            digits = 1 if unit == "µs" else 0
+            cells = [
+                f"{row[f'{who}_{key}']:,.{digits}f} {unit}" for who in ("builtin", "plugin", "layer_by_layer")
+            ]
+            print(f"| {row['workload']} | {cells[0]} | {cells[1]} | {cells[2]} | {row['ratio']:.2f}x |")
+    if any("cnntool_losses" in row for row in results["workloads"]):
+        print("\nper-epoch training loss, cnntool vs PyTorch (same weights, same data order):")
     for row in results["workloads"]:
         if "cnntool_losses" in row:
             ours = " ".join(f"{v:.5f}" for v in row["cnntool_losses"])

@@ -546,20 +546,19 @@ def missing_layer_types(spec: dict, providers: dict, registry: Any) -> list[str]
         else set()
     )
     problems = []
+    by_provider: dict[tuple[str, str], list[str]] = {}
     for name in sorted(t for t in types if isinstance(t, str)):
         if name in registry.types or name in registry.conflicts:
             continue
         provider = providers.get(name)
         if isinstance(provider, str) and "==" in provider:
             dist, version = provider.split("==", 1)
-            problems.append(
-                f"layer type {name!r} is not installed; it was provided by {dist} {version}: "
-                f"pip install '{dist}=={version}'"
-            )
+            by_provider.setdefault((dist, version), []).append(name)
         else:
             problems.append(
                 f"layer type {name!r} is not installed and the bundle does not say which plugin provides it"
             )
+    problems[:0] = [missing_distribution(names, *provider) for provider, names in sorted(by_provider.items())]
     if problems and not getattr(registry, "load_plugins", True):
         from cnntool.registry import DISABLE_PLUGINS_ENV
 
@@ -567,6 +566,21 @@ def missing_layer_types(spec: dict, providers: dict, registry: Any) -> list[str]
             f"plugins are disabled ({DISABLE_PLUGINS_ENV} is set); unset it to load installed ones"
         )
     return problems
+
+
+def missing_distribution(names: list[str], dist: str, version: str) -> str:
+    """Which distribution to install for layer types a bundle needs. It may be a local
+    package or come from its author's own index: the same name on the public index may
+    belong to someone else, so the hint does not send people there blindly."""
+    kinds = (
+        f"layer type {names[0]!r} is" if len(names) == 1 else f"layer types {', '.join(map(repr, names))} are"
+    )
+    return (
+        f"{kinds} not installed; the bundle was made with distribution {dist} version {version}: install "
+        f"that version from where its author publishes it (their package index: pip install --index-url "
+        f"URL '{dist}=={version}'; or a local copy: pip install PATH); a package named {dist} on PyPI "
+        "may belong to someone else"
+    )
 
 
 def declared_shapes(layers: list, method: str) -> dict[str, tuple]:

@@ -43,3 +43,8 @@ def checked_path(source: str | os.PathLike, error: type[CnntoolError]) -> Path:
     if "\x00" in text:
         raise error(f"{text!r}: a path cannot contain a NUL byte")
     return Path(text)
+
+
+class LayerError(PluginError):
+    """A plugin's layer failed while a network ran (training, inference, serving): the
+    message names the layer, its type and the distribution (and version) providing it."""

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from cnntool.blame import check_result, compiled_failed, layer_failed
 from cnntool.errors import CnntoolError, InputError
 from cnntool.layers.base import Layer, Shape
 from cnntool.spec import plan_layers, validate_spec
@@ -138,8 +139,20 @@ class Network:
 
             self._plan_checked = True
             if self.use_plan and fusable(self.layers):
-                self._plan = Plan(self)
+                try:
+                    self._plan = Plan(self)
+                except Exception as exc:
+                    from cnntool.blame import compiled_failed
+
+                    raise compiled_failed(self, "compiling", exc) from exc
         return self._plan
+
+    def execution(self, registry: Any = None) -> dict[str, Any]:
+        """Whether the network runs compiled, and if not which layer forces layer by layer and
+        what it costs (cnntool.execution)."""
+        from cnntool.execution import describe_execution
+
+        return describe_execution(self.layers, registry, use_plan=self.use_plan)
 
     # --- computing -------------------------------------------------------------------------
 
@@ -151,7 +164,10 @@ class Network:
             self.random[1] += 1
         plan = self.plan
         if plan is not None:
-            return plan.forward(x, training).copy()
+            try:
+                return plan.forward(x, training).copy()
+            except Exception as exc:
+                raise compiled_failed(self, "forward", exc) from exc
         return self.run_forward(x, training=training).copy()
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
@@ -167,7 +183,10 @@ class Network:
             )
         plan = self.plan
         if plan is not None:
-            return plan.backward(grad, x).copy()
+            try:
+                return plan.backward(grad, x).copy()
+            except Exception as exc:
+                raise compiled_failed(self, "backward", exc) from exc
         return self.run_backward(grad, need_input_grad=True).copy()
 
     def run_forward(self, x: np.ndarray, *, training: bool = False, stop: int | None = None) -> np.ndarray:
@@ -177,7 +196,13 @@ class Network:
         layers = self.layers[:stop]
         for index, layer in enumerate(layers):
             inputs = [outputs[source] for source in layer.sources]
-            outputs[index] = layer.forward(inputs if layer.multi_input else inputs[0], training=training)
+            try:
+                out = layer.forward(inputs if layer.multi_input else inputs[0], training=training)
+            except Exception as exc:
+                raise layer_failed(index, layer, "forward", exc) from exc
+            if type(out) is not np.ndarray or out.shape[1:] != layer.output_shape:
+                check_result(index, layer, "forward", out, (x.shape[0], *layer.output_shape))
+            outputs[index] = out
         return outputs[len(layers) - 1]
 
     def run_backward(
@@ -190,9 +215,16 @@ class Network:
         for index in reversed(range(len(layers))):
             layer = layers[index]
             layer.need_input_grad = need_input_grad or any(source >= 0 for source in layer.sources)
-            results = layer.backward(grads.pop(index))
+            try:
+                results = layer.backward(grads.pop(index))
+            except Exception as exc:
+                raise layer_failed(index, layer, "backward", exc) from exc
             if not layer.need_input_grad:
                 continue
+            if not layer.multi_input and (
+                type(results) is not np.ndarray or results.shape[1:] != layer.input_shape
+            ):
+                check_result(index, layer, "backward", results, (grad.shape[0], *layer.input_shape))
             for source, result in zip(
                 layer.sources, results if layer.multi_input else [results], strict=True
             ):
@@ -270,7 +302,10 @@ class Network:
 
             def whole(*batch: np.ndarray) -> Any:
                 use_blas_threads(threads)  # one piece: the matrix products may use every thread
-                return compiled(*batch, *arrays)
+                try:
+                    return compiled(*batch, *arrays)
+                except Exception as exc:
+                    raise compiled_failed(self, task, exc) from exc
 
             return whole
         pieces = list(itertools.pairwise(bounds))
@@ -289,7 +324,10 @@ class Network:
                 (lambda a=a, b=b, arrays=arrays: compiled(*(item[a:b] for item in batch), *arrays))
                 for (a, b), arrays in zip(pieces, spaces, strict=True)
             ]
-            results = run_parallel(jobs)
+            try:
+                results = run_parallel(jobs)
+            except Exception as exc:
+                raise compiled_failed(self, task, exc) from exc
             if task == "predict":
                 return None
             if task == "train_step":

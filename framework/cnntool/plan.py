@@ -37,7 +37,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cnntool.layers.base import Array, Layer, Ref, Sync
+from cnntool.layers.base import Array, Layer, Ref, Sync, kernel_parameters
+from cnntool.layers.epilogue import Epilogue
 
 # An activation that follows a layer able to apply it (Layer.fuses) runs inside that layer's
 # kernels: the layer writes straight into the activation's output buffer and masks the
@@ -120,20 +121,30 @@ class Layout:
 
 def fusable(layers: list[Layer]) -> bool:
     """True when every layer declares its kernels (or is a view) with importable kernels."""
-    for layer in layers:
+    return fallback(layers) is None
+
+
+def fallback(layers: list[Layer]) -> tuple[int, str] | None:
+    """The first layer that keeps a network from being compiled, as (index, why), or None."""
+    for index, layer in enumerate(layers):
         if layer.view:
             continue
-        for calls in (layer.forward_calls(True), layer.forward_calls(False), layer.backward_calls(True)):
+        for what, calls in (
+            ("forward_calls(training=True)", layer.forward_calls(True)),
+            ("forward_calls(training=False)", layer.forward_calls(False)),
+            ("backward_calls(need_grad_x=True)", layer.backward_calls(True)),
+        ):
             if calls is None:
-                return False
+                return index, f"{type(layer).__name__} writes forward/backward by hand ({what} is None)"
             for call in calls:
                 if isinstance(call, Sync):
                     continue
                 kernel, _ = call
+                name = getattr(kernel, "__name__", repr(kernel))
                 module = sys.modules.get(getattr(kernel, "__module__", ""), None)
-                if module is None or getattr(module, getattr(kernel, "__name__", ""), None) is not kernel:
-                    return False
-    return True
+                if module is None or getattr(module, name, None) is not kernel:
+                    return index, f"kernel {name} of {what} is not a module-level function of its module"
+    return None
 
 
 class Generator:
@@ -212,6 +223,12 @@ class Generator:
             return self.array("buf", index + ref.step, ref.name)
         raise ValueError(f"unknown reference {ref}")
 
+    def epilogue_after(self, index: int) -> dict[str, Any]:
+        """{"epilogue": ...} when the activation after layer `index` declares an Epilogue for
+        the layer to apply (cnntool.layers.epilogue), else nothing: a ReLU needs none."""
+        epilogue = self.net.layers[index + 1].epilogue
+        return {"epilogue": epilogue} if isinstance(epilogue, Epilogue) else {}
+
     def emit_calls(self, index: int, calls: list, x: list[str], grad_out: str, indent: str) -> list[str]:
         lines = []
         for call in calls:
@@ -220,7 +237,8 @@ class Generator:
                 self.combines[array] = call.combine
                 lines.append(f"{indent}{SYNC_MARK}{array}")
                 continue
-            function, args = call
+            declared, declared_args = call
+            function, args = bind_functions(declared, declared_args)
             text = ", ".join(
                 self.ref(index, arg, x, grad_out) if isinstance(arg, Ref) else self.number_arg(arg)
                 for arg in args
@@ -243,7 +261,7 @@ class Generator:
             return self.dim(int(value))
         if isinstance(value, (float, np.floating)):
             self.reals.append(float(value))
-            return f"reals[{len(self.reals) - 1}]"
+            return real_text(value, f"reals[{len(self.reals) - 1}]")
         raise TypeError(f"kernel arguments must be arrays or numbers, received {type(value).__name__}")
 
     def readers(self, index: int, stop: int) -> list[int]:
@@ -276,12 +294,12 @@ class Generator:
                 continue
             if inference_only and self.fused_pool(index, stop):
                 pooled = index + 2
-                calls = layer.activation_pool_calls(Ref("next_buf", "out", 2))
+                calls = layer.activation_pool_calls(Ref("next_buf", "out", 2), **self.epilogue_after(index))
             elif self.fused(index - 1, stop):  # the layer before computed this ReLU already
                 lines[-1] += " (applied by the layer before)"
                 continue
             elif self.fused(index, stop):
-                calls = layer.forward_calls(training, relu_into=NEXT_OUT)
+                calls = layer.forward_calls(training, relu_into=NEXT_OUT, **self.epilogue_after(index))
             else:
                 calls = layer.forward_calls(training)
             if compute:
@@ -436,7 +454,7 @@ class Generator:
             else:
                 wanted = need_grad_x or any(source >= 0 for source in layer.sources)
                 if self.fused(index, stop):
-                    calls = layer.backward_calls(wanted, relu_output=NEXT_OUT)
+                    calls = layer.backward_calls(wanted, relu_output=NEXT_OUT, **self.epilogue_after(index))
                 else:
                     calls = layer.backward_calls(wanted)
                 lines += self.emit_calls(index, calls, inputs[index], current, indent)
@@ -565,6 +583,62 @@ class Generator:
         return "\n".join(header + body) + "\n"
 
 
+def is_function(value: Any) -> bool:
+    """Whether a kernel argument is a function (an epilogue's value or derivative)."""
+    return callable(value) and not isinstance(value, (Ref, bool, int, float, np.number))
+
+
+def bind_functions(kernel: Any, args: tuple) -> tuple[Any, tuple]:
+    """A kernel called with functions among its arguments, as `specialize`d kernel taking
+    the other arguments: numba inlines a function a kernel calls by name, but calls one
+    passed in through a pointer, element by element, and cannot cache that."""
+    bound = {name: arg for name, arg in zip(kernel_parameters(kernel), args, strict=True) if is_function(arg)}
+    if not bound:
+        return kernel, args
+    return specialize(kernel, tuple(bound.items())), tuple(arg for arg in args if not is_function(arg))
+
+
+_specialized: dict[tuple, Any] = {}
+
+
+def specialize(kernel: Any, bound: tuple[tuple[str, Any], ...]) -> Any:
+    """The kernel's source with the parameters in `bound` removed and their names imported
+    as the functions given, in a generated module of its own (written and cached like a
+    plan); its name follows its text, which holds a digest of every source it depends on."""
+    import ast
+    import inspect
+    import textwrap
+
+    key = (kernel, bound)
+    if key not in _specialized:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(kernel.py_func)))
+        definition = tree.body[0]
+        names = {name for name, _ in bound}
+        definition.args.args = [arg for arg in definition.args.args if arg.arg not in names]  # type: ignore[attr-defined]
+        digest = kernel_sources_digest({kernel: None, **{function: None for _, function in bound}})
+        lines = [
+            f'"""Generated by cnntool.plan: {kernel.__name__} calling given functions; do not edit."""',
+            "",
+            f"# sources: {digest}",
+            "import numpy as np",
+            "from numba import njit",
+            f"from {kernel.__module__} import *  # the helpers the kernel calls",
+            *(f"from {function.__module__} import {function.__name__} as {name}" for name, function in bound),
+            "",
+            "",
+            ast.unparse(definition),
+        ]
+        module = load_module("\n".join(lines) + "\n", prefix="cnntool_kernel")
+        _specialized[key] = getattr(module, kernel.__name__)
+    return _specialized[key]
+
+
+def real_text(value: Any, element: str) -> str:
+    """A float argument as generated code, of the type the layer gave it: an np.float32 stays
+    float32 (as it is when the layer runs layer by layer), any other float is float64."""
+    return f"np.float32({element})" if isinstance(value, np.float32) else element
+
+
 def kernel_sources_digest(kernels: dict) -> str:
     """sha256 of the source files of cnntool's kernels and of every module a kernel comes from."""
     import cnntool.kernels
@@ -603,10 +677,10 @@ def comment_text(text: str) -> str:
     return text if re.fullmatch(r"[A-Za-z0-9_\-]+", text) else ascii(text)
 
 
-def load_module(source: str) -> ModuleType:
+def load_module(source: str, prefix: str = "cnntool_plan") -> ModuleType:
     """Write the source under a name derived from it (once) and import it."""
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
-    name = f"cnntool_plan_{digest}"
+    name = f"{prefix}_{digest}"
     if name in sys.modules:
         return sys.modules[name]
     folder = cache_dir() / "plans"

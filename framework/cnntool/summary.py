@@ -57,6 +57,7 @@ def hyperparameters(config: dict) -> dict[str, Any]:
 
 def describe_spec(spec: Any, registry: Any = None) -> dict[str, Any]:
     """The summary of a validated spec."""
+    from cnntool.execution import describe_execution
     from cnntool.registry import get_registry
     from cnntool.spec import plan_layers
 
@@ -74,6 +75,7 @@ def describe_spec(spec: Any, registry: Any = None) -> dict[str, Any]:
         "total_flops": sum(row["flops"] for row in rows),
         "providers": {name: registry.provider(name) for name in types},
         "activation_memory": activation_memory(spec, layers, registry),
+        "execution": describe_execution(layers, registry),
         "runnable": True,
         "problems": [],
     }

@@ -10,12 +10,19 @@ The conformance checks, each a function that raises AssertionError saying what i
 
 - `check_gradients`: `backward` against central finite differences;
 - `check_shapes`: `compute_output_shape` and `param_shapes` against what `forward`,
-  `backward` and `build` really produce;
+  `backward` and `build` really produce, and (declared kernel calls) what the kernels write
+  against the declared output;
+- `check_repeatable` (cnntool.kit): forward twice and backward twice give the same results
+  (a backward accumulating into its gradients passes every check that calls it once);
+- `check_compiled` (cnntool.kit): a layer declaring its kernel calls runs compiled and layer
+  by layer, which agree in forward, backward, a training step and with threads;
 - `check_config_round_trip`: a config dumped to JSON and validated again is the same config;
 - `check_bundle_round_trip`: a small network holding the layer, saved and loaded, gives the
   same parameters and outputs, and its bundle names the layer's provider.
 
-`check_layer` runs them all on one config; `check_distribution` on every layer type a
+Declared kernel calls run bounds-checked during the checks (`make_layer` does it), so a
+kernel indexing outside its arrays fails a check naming the layer and the kernel instead of
+crashing. `check_layer` runs them all on one config; `check_distribution` on every layer type a
 distribution provides, with the examples each layer class declares (`examples()`, below),
 which is what `cnntool plugin check DIST` does.
 """
@@ -38,15 +45,20 @@ from cnntool.layers.base import Layer, Shape
 DEFAULT_INPUT_SHAPES: tuple[Shape, ...] = ((3, 8, 8), (16,))
 
 
-def make_layer(config: dict, input_shape: Shape, seed: int = 0, registry: Any = None) -> Layer:
-    """Validate a layer config through the registry's spec model and build the layer."""
+def make_layer(
+    config: dict, input_shape: Shape, seed: int = 0, registry: Any = None, *, bounds_check: bool = True
+) -> Layer:
+    """Validate a layer config through the registry's spec model and build the layer. Its
+    declared kernel calls then run bounds-checked (`cnntool.kit.bounds_checked`): an index
+    outside an array is an AssertionError naming the kernel, not a crash."""
+    from cnntool.kit import bounds_checked
     from cnntool.registry import get_registry
 
     registry = registry or get_registry()
     spec = validate_layer_config(config, registry)
     layer = registry.get(config["type"])(spec.layers[0])
     layer.build(tuple(input_shape), np.random.default_rng(seed))
-    return layer
+    return bounds_checked(layer) if bounds_check else layer
 
 
 def validate_layer_config(config: dict, registry: Any) -> Any:
@@ -209,6 +221,10 @@ def check_shapes(layer: Layer, *, batch: int = 2, seed: int = 0) -> None:
                     f"grads[{key!r}] has shape {list(grad.shape)}, "
                     f"its parameter {list(layer.params[key].shape)}"
                 )
+    if not problems:
+        from cnntool.kit import check_written
+
+        problems += check_written(layer, xs)
     if problems:
         raise AssertionError(f"{layer.name}: " + "; ".join(problems))
 
@@ -351,6 +367,11 @@ class CheckResult:
     message: str = ""
     config: dict | None = None
     input_shape: Shape | None = None
+    provider: str | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.ok and self.message.startswith("skipped")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -360,21 +381,43 @@ class CheckResult:
             "message": self.message,
             "config": self.config,
             "input_shape": json.loads(json.dumps(self.input_shape)) if self.input_shape is not None else None,
+            "provider": self.provider,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckResult:
+        shape = data.get("input_shape")
+        return cls(data["type"], data["check"], data["ok"], data.get("message", ""), data.get("config"),
+                   as_shape(shape) if shape is not None else None, data.get("provider"))  # fmt: skip
 
-CHECKS = ("config", "shapes", "gradients", "bundle")
+
+# In the order they run. `repeat` and `compiled` catch what a single call cannot: a backward
+# that accumulates, and a compiled plan that disagrees with layer-by-layer execution.
+CHECKS = ("config", "shapes", "gradients", "repeat", "compiled", "bundle")
 
 
 def check_layer(
-    config: dict, input_shape: Shape, *, seed: int = 0, registry: Any = None
+    config: dict,
+    input_shape: Shape,
+    *,
+    seed: int = 0,
+    registry: Any = None,
+    on_check: Any = None,
+    checks: tuple[str, ...] = CHECKS,
 ) -> list[CheckResult]:
     """Run every conformance check on one layer config and input shape. A check that raises
-    is a failed result with the reason; the others still run."""
+    is a failed result whose message says which check, which layer type and distribution,
+    and what was expected and found; the others still run. `on_check(name)` is called as
+    each check starts; `checks` picks some of CHECKS (in their order)."""
+    from cnntool.kit import KernelIndexError, check_compiled, check_repeatable
     from cnntool.registry import get_registry
 
     registry = registry or get_registry()
     name = config.get("type", "?")
+    try:
+        provider = registry.provider(name)
+    except CnntoolError:
+        provider = "?"
 
     def gradients() -> None:
         layer = make_layer(config, input_shape, seed, registry)
@@ -388,28 +431,43 @@ def check_layer(
         "config": lambda: check_config_round_trip(config, registry),
         "shapes": lambda: check_shapes(make_layer(config, input_shape, seed, registry), seed=seed),
         "gradients": gradients,
+        "repeat": lambda: check_repeatable(make_layer(config, input_shape, seed, registry), seed=seed),
+        "compiled": lambda: check_compiled(config, input_shape, seed=seed, registry=registry),
         "bundle": lambda: check_bundle_round_trip(config, input_shape, seed=seed, registry=registry),
     }
     results = []
-    for check in CHECKS:
-        try:
-            steps[check]()
-        except (AssertionError, CnntoolError) as exc:
-            results.append(CheckResult(name, check, False, str(exc), config, tuple(input_shape)))
-        except Exception as exc:
-            where = traceback.extract_tb(exc.__traceback__)[-1]
+    out_of_bounds = None  # the first check whose kernel indexed outside its arrays
+    for check in (check for check in CHECKS if check in checks):
+        if on_check is not None:
+            on_check(check)
+        where = f"check {check!r} of layer type {name!r} from {provider}: "
+        if out_of_bounds is not None and check in ("compiled", "bundle"):
+            # These run the kernels unchecked (compiled): they would write over memory.
+            message = f"not run: a kernel indexed outside its arrays in check {out_of_bounds!r}"
             results.append(
-                CheckResult(
-                    name,
-                    check,
-                    False,
-                    f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})",
-                    config,
-                    tuple(input_shape),
-                )
+                CheckResult(name, check, False, where + message, config, tuple(input_shape), provider)
+            )
+            continue
+        try:
+            note = steps[check]()
+        except KernelIndexError as exc:
+            out_of_bounds = out_of_bounds or check
+            results.append(
+                CheckResult(name, check, False, where + str(exc), config, tuple(input_shape), provider)
+            )
+        except (AssertionError, CnntoolError) as exc:
+            results.append(
+                CheckResult(name, check, False, where + str(exc), config, tuple(input_shape), provider)
+            )
+        except Exception as exc:
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            message = f"{type(exc).__name__}: {exc} (at {Path(frame.filename).name}:{frame.lineno})"
+            results.append(
+                CheckResult(name, check, False, where + message, config, tuple(input_shape), provider)
             )
         else:
-            results.append(CheckResult(name, check, True, "", config, tuple(input_shape)))
+            message = note if isinstance(note, str) and note.startswith("skipped") else ""
+            results.append(CheckResult(name, check, True, message, config, tuple(input_shape), provider))
     return results
 
 
@@ -456,10 +514,19 @@ def as_shape(shape: Any) -> Any:
     return tuple(shape)
 
 
-def check_distribution(distribution: str, *, seed: int = 0, registry: Any = None) -> list[CheckResult]:
+def check_distribution(
+    distribution: str,
+    *,
+    seed: int = 0,
+    registry: Any = None,
+    isolate: bool = False,
+    checks: tuple[str, ...] = CHECKS,
+) -> list[CheckResult]:
     """Run every check on every layer type `distribution` provides, with each type's
     examples. A type that cannot be loaded or has no usable examples is one failed 'load'
-    result naming the cause."""
+    result naming the cause. With `isolate`, the checks run in a child process (as
+    `cnntool plugin check` runs them), so that a layer crashing the process is a failed
+    check."""
     from cnntool.registry import conflict_message, describe, get_registry
 
     registry = registry or get_registry()
@@ -480,8 +547,14 @@ def check_distribution(distribution: str, *, seed: int = 0, registry: Any = None
             message = f"{layer_class.__name__}.examples() raised {describe(exc)}"
             results.append(CheckResult(entry.name, "load", False, message))
             continue
+        if isolate:
+            from cnntool.kit import run_isolated
+
+            found = run_isolated(examples, seed=seed, checks=checks)
+            results += [CheckResult.from_dict(data) for data in found]
+            continue
         for config, input_shape in examples:
-            results.extend(check_layer(config, input_shape, seed=seed, registry=registry))
+            results.extend(check_layer(config, input_shape, seed=seed, registry=registry, checks=checks))
     return results
 
 

@@ -278,6 +278,7 @@ class TrainingRun:
             "best_epoch": early.best_epoch if early is not None else None,
             "history": trainer.state.history,
             "compile_seconds": trainer.compile_seconds,
+            "execution": self.net.execution(),
             "test": test,
         }
 

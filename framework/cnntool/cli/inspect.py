@@ -69,6 +69,10 @@ def render(info: dict[str, Any]) -> None:
         )
     for problem in info.get("problems", []):
         console.print(f"cannot run here: {problem}")
+    if info.get("execution") is not None:
+        from cnntool.execution import execution_line
+
+        console.print(execution_line(info["execution"]))
     if info["kind"] != "bundle":
         return
     meta = info["meta"]

@@ -118,8 +118,18 @@ class EpochProgress(TerminalBar):
         elif seconds is None:
             typer.echo(message, err=True, nl=False)
             sys.stderr.flush()
+            self.compiling = True
         else:
             typer.echo(f" {seconds:.1f}s", err=True)
+            self.compiling = False
+
+    compiling = False  # "compiling kernels..." printed without its end yet
+
+    def __exit__(self, *exc: object) -> None:
+        if self.compiling:  # compiling failed: end the line, so an error starts on its own
+            typer.echo(" failed", err=True)
+            self.compiling = False
+        super().__exit__(*exc)
 
     def on_epoch(self, record: dict) -> None:
         if self.bar is not None:

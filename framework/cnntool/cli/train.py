@@ -223,11 +223,17 @@ def train(
     state = run.trainer.state
     options = run.options
     schedule = "" if options.lr_schedule == "constant" else f" ({options.lr_schedule} schedule)"
+    from cnntool.execution import execution_line
+
+    execution = run.net.execution()
     note(
         f"training {run.net.name!r} ({run.net.num_params} parameters) on {run.dataset.name}: "
         f"{len(run.x_train)} training, {len(run.x_val)} validation, {len(run.dataset.x_test)} test images; "
-        f"{options.optimizer}, lr {run.lr}{schedule}, batch {options.batch_size}, {run.threads} threads"
+        f"{options.optimizer}, lr {run.lr}{schedule}, batch {options.batch_size}, {run.threads} threads; "
+        + ("compiled" if execution["compiled"] else "layer by layer")
     )
+    if not execution["compiled"]:  # which layer forces it, and what it costs
+        note(execution_line(execution))
     for line in run.init_report:
         note(line)
     if options.freeze:

@@ -27,8 +27,15 @@ def warmup(
     set_threads(threads)
     timings = warm_up(net, batch_size)
     total = time.perf_counter() - started
+    execution = net.execution()
     if json_output:
-        print_json({"seconds": total, "steps": timings, "compiled": net.plan is not None})
+        print_json(
+            {"seconds": total, "steps": timings, "compiled": net.plan is not None, "execution": execution}
+        )
     else:
+        from cnntool.execution import execution_line
+
         mode = "compiled plan" if net.plan is not None else "layer by layer"
         note(f"warmed up {net.name!r} ({mode}) in {total:.1f} s")
+        if net.plan is None:
+            note(execution_line(execution))

@@ -25,6 +25,7 @@ from cnntool.layers.base import (
     state,
     xs,
 )
+from cnntool.layers.epilogue import Epilogue
 
 __all__ = [
     "GRAD_OUT",
@@ -32,6 +33,7 @@ __all__ = [
     "RANDOM",
     "Array",
     "Call",
+    "Epilogue",
     "Layer",
     "LayerConfig",
     "Ref",

@@ -14,6 +14,11 @@ from cnntool.kernels.conv import (
     conv2d_forward_wide,
     conv2d_relu_pool_wide,
 )
+from cnntool.kernels.epilogue import (
+    conv2d_epilogue_pool_wide,
+    conv2d_forward_wide_epilogue,
+    epilogue_backward,
+)
 from cnntool.kernels.winograd import conv2d_forward_3x3, plane_shape
 from cnntool.layers.base import (
     GRAD_OUT,
@@ -34,6 +39,7 @@ from cnntool.layers.base import (
     param,
     scratch,
 )
+from cnntool.layers.epilogue import Epilogue
 
 if TYPE_CHECKING:
     from cnntool.interchange.onnx_export import OnnxBuilder
@@ -149,13 +155,20 @@ class Conv2D(Layer):
 
     def fuses(self, activation: Layer) -> bool:
         """A ReLU after a stride-1 convolution is applied by the wide kernels as they write
-        the output, and masks the gradient in backward: one pass less each way."""
+        the output, and masks the gradient in backward: one pass less each way. Another
+        activation declaring an Epilogue is applied image by image (kernels/epilogue.py)."""
+        if isinstance(activation.epilogue, Epilogue):
+            return self.wide and not self.winograd
         return self.wide and activation.epilogue == "relu"
 
     def fuses_pool(self, activation: Layer, pool: Layer) -> bool:
         """For inference, a ReLU and a 2x2 max-pool of stride 2 after a stride-1 convolution
         are one pass over the product (conv2d_relu_pool_wide)."""
-        return self.fuses(activation) and pool.reduction == "max" and pool.window == (2, 2, 2, 2)
+        epilogue = activation.epilogue
+        increasing = epilogue.increasing if isinstance(epilogue, Epilogue) else epilogue == "relu"
+        return (
+            self.fuses(activation) and increasing and pool.reduction == "max" and pool.window == (2, 2, 2, 2)
+        )
 
     @property
     def wide(self) -> bool:
@@ -237,9 +250,19 @@ class Conv2D(Layer):
         return {"weight": param("weight"), "use_bias": self.config.use_bias, "pad_top": top, "pad_left": left,
                 "bias": bias}  # fmt: skip
 
-    def forward_calls(self, training: bool, relu_into: Ref | None = None) -> list[Call]:
+    def forward_calls(
+        self, training: bool, relu_into: Ref | None = None, epilogue: Epilogue | None = None
+    ) -> list[Call]:
         """The forward kernel; with `relu_into` (a following ReLU layer's output buffer, when
-        the plan fuses the two) it applies the ReLU and writes there."""
+        the plan fuses the two) it applies the ReLU and writes there, or the `epilogue` of
+        another activation (keeping its own output, the pre-activation, for backward)."""
+        if epilogue is not None:
+            columns = buf("cols") if self.keep_columns else scratch("cols")
+            return [
+                Call(conv2d_forward_wide_epilogue, x=X, **self.common(), keep=self.keep_columns,
+                     padded=scratch("padded"), columns=columns, full=scratch("full"), **epilogue.arguments(),
+                     pre=buf("out"), out=relu_into)
+            ]  # fmt: skip
         out = relu_into if relu_into is not None else buf("out")
         relu = relu_into is not None
         if self.winograd:
@@ -257,18 +280,32 @@ class Conv2D(Layer):
         sh, sw = pair(self.config.stride)
         return [Call(conv2d_forward, x=X, **self.common(), sh=sh, sw=sw, cols=buf("cols"), out=buf("out"))]
 
-    def activation_pool_calls(self, pooled: Ref) -> list[Call]:
-        """Inference of this layer, a ReLU and a 2x2 max-pool after it, into `pooled` (the
-        pool's output buffer): one pass over the product instead of three."""
+    def activation_pool_calls(self, pooled: Ref, epilogue: Epilogue | None = None) -> list[Call]:
+        """Inference of this layer, a ReLU (or an increasing `epilogue`) and a 2x2 max-pool
+        after it, into `pooled` (the pool's output buffer): one pass over the product
+        instead of three."""
         columns = buf("cols") if self.keep_columns else scratch("cols")
+        if epilogue is not None:
+            return [
+                Call(conv2d_epilogue_pool_wide, x=X, **self.common(), padded=scratch("padded"),
+                     columns=columns, full=scratch("full"), **epilogue.arguments(), out=pooled)
+            ]  # fmt: skip
         return [
             Call(conv2d_relu_pool_wide, x=X, **self.common(), padded=scratch("padded"), columns=columns,
                  full=scratch("full"), out=pooled)
         ]  # fmt: skip
 
-    def backward_calls(self, need_grad_x: bool, relu_output: Ref | None = None) -> list[Call]:
+    def backward_calls(
+        self, need_grad_x: bool, relu_output: Ref | None = None, epilogue: Epilogue | None = None
+    ) -> list[Call]:
         """The backward kernel; with `relu_output` (the fused ReLU's output buffer) grad_out
-        is the gradient after the ReLU, masked here."""
+        is the gradient after the ReLU, masked here. With an `epilogue`, grad_out is first
+        multiplied by its derivative, into the activation's own grad_x buffer."""
+        first, incoming = [], GRAD_OUT
+        if epilogue is not None:
+            incoming = Ref("next_buf", "grad_x", 1)
+            first = [Call(epilogue_backward, grad_out=GRAD_OUT, pre=buf("out"), **epilogue.arguments(),
+                          grad_pre=incoming)]  # fmt: skip
         common = self.common()
         del common["bias"]
         grad_bias = grad("bias") if self.config.use_bias else scratch("no_bias")
@@ -276,10 +313,11 @@ class Conv2D(Layer):
             columns = buf("cols") if self.keep_columns else scratch("cols")
             activated = relu_output if relu_output is not None else buf("out")
             return [
-                Call(conv2d_backward_wide, grad_out=GRAD_OUT, x=X, **common, keep=self.keep_columns,
-                     need_grad_x=need_grad_x, relu=relu_output is not None, activated=activated,
-                     padded=scratch("padded"), padded_grad=scratch("padded_grad"), columns=columns,
-                     full=scratch("full"), grad_weight=grad("weight"), grad_bias=grad_bias,
+                *first,
+                Call(conv2d_backward_wide, grad_out=incoming, x=X, **common, keep=self.keep_columns,
+                     need_grad_x=need_grad_x, relu=relu_output is not None and epilogue is None,
+                     activated=activated, padded=scratch("padded"), padded_grad=scratch("padded_grad"),
+                     columns=columns, full=scratch("full"), grad_weight=grad("weight"), grad_bias=grad_bias,
                      grad_x=buf("grad_x"))
             ]  # fmt: skip
         sh, sw = pair(self.config.stride)

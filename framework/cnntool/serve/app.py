@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from cnntool import __version__
-from cnntool.errors import InputError
+from cnntool.errors import InputError, LayerError
 from cnntool.serve import inputs, oip
 from cnntool.serve.metrics import ServerMetrics
 from cnntool.serve.middleware import OPEN_PATHS, LimitBody, ObserveRequests, RequireKey
@@ -438,6 +438,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=getattr(exc, "status", 400))
+
+    @app.exception_handler(LayerError)
+    async def layer_error(request: Request, exc: LayerError) -> JSONResponse:
+        # A plugin's layer failed while running the model: the server is fine, the model is
+        # not; the answer names the layer and its distribution.
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"error": str(exc)}, status_code=500)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -10,10 +10,24 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import numpy as np
 from pydantic import Field
 
-from cnntool.layers import Layer, LayerConfig, Shape, ShapeError, padding_sides, pair
+from cnntool.layers import (
+    GRAD_OUT,
+    Array,
+    Call,
+    Layer,
+    LayerConfig,
+    Shape,
+    ShapeError,
+    X,
+    buf,
+    grad,
+    padding_sides,
+    pair,
+    param,
+    scratch,
+)
 from cnntool_extras import kernels
 
 PositiveSize = Annotated[int, Field(ge=1, le=4096)]
@@ -89,43 +103,31 @@ class DepthwiseConv2D(Layer):
             shapes["bias"] = (out_channels,)
         return shapes
 
-    def build(self, input_shape: Shape, rng: np.random.Generator | None) -> Shape:
-        output_shape = super().build(input_shape, rng)
-        self._pads = self.padding(self.input_shape)
-        self._strides = pair(self.config.stride)
-        # Stands in for the bias when use_bias is false, so the kernels keep one signature.
-        self._no_bias = np.zeros(output_shape[0], np.float32)
-        return output_shape
+    def buffers(self) -> dict[str, Array]:
+        return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
 
-    def forward(self, x: np.ndarray, *, training: bool = False) -> np.ndarray:
-        self._x = np.ascontiguousarray(x)
-        out = self.buffer("out", (x.shape[0], *self.output_shape))
-        kernels.depthwise_conv2d_forward(
-            self._x,
-            self.params["weight"],
-            self.params.get("bias", self._no_bias),
-            self.config.use_bias,
-            *self._strides,
-            *self._pads[:2],
-            out,
-        )
-        return out
+    def scratch_arrays(self) -> dict[str, Array]:
+        # Stands in for the bias (and its gradient) when use_bias is false, so the kernels
+        # keep one signature.
+        return {} if self.config.use_bias else {"no_bias": Array((self.output_shape[0],))}
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        grad_x = self.buffer("grad_x", self._x.shape)
-        kernels.depthwise_conv2d_backward(
-            np.ascontiguousarray(grad_out),
-            self._x,
-            self.params["weight"],
-            self.config.use_bias,
-            self.need_input_grad,
-            *self._strides,
-            *self._pads[:2],
-            self.grads["weight"],
-            self.grads.get("bias", self._no_bias),
-            grad_x,
-        )
-        return grad_x
+    def common(self) -> dict:
+        """Arguments both kernels take."""
+        (stride_h, stride_w), (top, left, _, _) = pair(self.config.stride), self.padding(self.input_shape)
+        return {"weight": param("weight"), "use_bias": self.config.use_bias, "stride_h": stride_h,
+                "stride_w": stride_w, "pad_top": top, "pad_left": left}  # fmt: skip
+
+    def forward_calls(self, training: bool) -> list[Call]:
+        bias = param("bias") if self.config.use_bias else scratch("no_bias")
+        return [Call(kernels.depthwise_conv2d_forward, x=X, bias=bias, **self.common(), out=buf("out"))]
+
+    def backward_calls(self, need_grad_x: bool) -> list[Call]:
+        grad_bias = grad("bias") if self.config.use_bias else scratch("no_bias")
+        return [
+            Call(kernels.depthwise_conv2d_backward, grad_out=GRAD_OUT, x=X, **self.common(),
+                 need_input_grad=need_grad_x, grad_weight=grad("weight"), grad_bias=grad_bias,
+                 grad_x=buf("grad_x"))
+        ]  # fmt: skip
 
     def onnx_nodes(self, onnx, inputs: list[str]) -> str:
         """Conv with one group per input channel and explicit pads (top, left, bottom, right)."""

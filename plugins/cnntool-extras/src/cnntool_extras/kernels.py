@@ -28,40 +28,62 @@ def leaky_relu_backward(grad_out, x, negative_slope, grad_x):
         dst[i] = g[i] if src[i] > 0 else negative_slope * g[i]
 
 
+# The same activation for one element, for a convolution before it to apply (the layer's
+# Epilogue): the compiled plan calls these from the convolution's kernel, image by image.
 @njit(cache=True, fastmath=True, nogil=True)
-def prelu_forward(x, weight, out):
-    """out[n, c, s] = x where x > 0, else weight[c] * x; x and out are (N, C, S), weight is
-    (C,) or (1,) (one slope shared by every channel)."""
+def leaky_relu_value(x, negative_slope, unused):
+    """y = x where x > 0, else negative_slope * x."""
+    return x if x > 0 else negative_slope * x
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def leaky_relu_derivative(x, negative_slope, unused):
+    """dy/dx = 1 where x > 0, else negative_slope."""
+    return np.float32(1.0) if x > 0 else negative_slope
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def prelu_forward(x, weight, spatial, out):
+    """out[n, c, s] = x where x > 0, else weight[c] * x, with x and out seen as (N, C, S),
+    S = `spatial` elements per channel; weight is (C,) or (1,) (one slope for every channel)."""
+    source = x.reshape((x.shape[0], x.shape[1], spatial))
+    target = out.reshape((x.shape[0], x.shape[1], spatial))
     shared = weight.shape[0] == 1
-    for n in range(x.shape[0]):
-        for c in range(x.shape[1]):
+    for n in range(source.shape[0]):
+        for c in range(source.shape[1]):
             slope = weight[0] if shared else weight[c]
-            for s in range(x.shape[2]):
-                v = x[n, c, s]
-                out[n, c, s] = v if v > 0 else slope * v
+            row = source[n, c]
+            result = target[n, c]
+            for s in range(spatial):
+                v = row[s]
+                result[s] = v if v > 0 else slope * v
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def prelu_backward(grad_out, x, weight, need_input_grad, grad_weight, grad_x):
+def prelu_backward(grad_out, x, weight, spatial, need_input_grad, grad_weight, grad_x):
     """dx = grad_out where x > 0, else weight[c] * grad_out;
     dweight[c] = sum over n, s of grad_out * x where x <= 0 (summed over c too when shared)."""
+    source = x.reshape((x.shape[0], x.shape[1], spatial))
+    gradient = grad_out.reshape((x.shape[0], x.shape[1], spatial))
+    target = grad_x.reshape((x.shape[0], x.shape[1], spatial))
     shared = weight.shape[0] == 1
     sums = np.zeros(weight.shape[0], np.float64)
-    for n in range(x.shape[0]):
-        for c in range(x.shape[1]):
+    for n in range(source.shape[0]):
+        for c in range(source.shape[1]):
             k = 0 if shared else c
             slope = weight[k]
             total = 0.0
-            for s in range(x.shape[2]):
-                v = x[n, c, s]
-                g = grad_out[n, c, s]
+            row, g_row, result = source[n, c], gradient[n, c], target[n, c]
+            for s in range(spatial):
+                v = row[s]
+                g = g_row[s]
                 if v > 0:
                     if need_input_grad:
-                        grad_x[n, c, s] = g
+                        result[s] = g
                 else:
                     total += g * v
                     if need_input_grad:
-                        grad_x[n, c, s] = slope * g
+                        result[s] = slope * g
             sums[k] += total
     for k in range(weight.shape[0]):
         grad_weight[k] = sums[k]

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from cnntool.layers import Layer, LayerConfig, Shape
+from cnntool.layers import GRAD_OUT, Array, Call, Epilogue, Layer, LayerConfig, Shape, X, buf
 from cnntool_extras import kernels
 
 
@@ -33,18 +33,39 @@ class LeakyReLU(Layer):
             ({"type": "leaky_relu", "negative_slope": 0.2}, (10,)),
         ]
 
-    def forward(self, x: np.ndarray, *, training: bool = False) -> np.ndarray:
-        self._x = np.ascontiguousarray(x)
-        out = self.buffer("out", x.shape)
-        kernels.leaky_relu_forward(self._x, np.float32(self.config.negative_slope), out)
-        return out
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        grad_x = self.buffer("grad_x", grad_out.shape)
-        kernels.leaky_relu_backward(
-            np.ascontiguousarray(grad_out), self._x, np.float32(self.config.negative_slope), grad_x
+    @property
+    def epilogue(self) -> Epilogue:
+        """What a convolution before this layer applies in its own kernel instead (in a
+        compiled plan), like a ReLU: y and dy/dx for one element."""
+        slope = self.config.negative_slope
+        # increasing: a max-pool after it may pool first (inference fuses all three).
+        return Epilogue(
+            kernels.leaky_relu_value, kernels.leaky_relu_derivative, a=slope, increasing=slope >= 0
         )
-        return grad_x
+
+    def buffers(self) -> dict[str, Array]:
+        """Per-example arrays (shapes without the batch axis): the output and dL/dx."""
+        return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
+
+    def forward_calls(self, training: bool) -> list[Call]:
+        # A scalar passed as np.float32 keeps the kernel's arithmetic in float32, compiled
+        # and layer by layer alike.
+        slope = np.float32(self.config.negative_slope)
+        return [Call(kernels.leaky_relu_forward, x=X, negative_slope=slope, out=buf("out"))]
+
+    def backward_calls(self, need_grad_x: bool) -> list[Call]:
+        if not need_grad_x:  # the first layer of a network: nobody needs dL/dx
+            return []
+        slope = np.float32(self.config.negative_slope)
+        return [
+            Call(
+                kernels.leaky_relu_backward,
+                grad_out=GRAD_OUT,
+                x=X,
+                negative_slope=slope,
+                grad_x=buf("grad_x"),
+            )
+        ]
 
     def flops(self, input_shape: Shape) -> int:
         return math.prod(input_shape)

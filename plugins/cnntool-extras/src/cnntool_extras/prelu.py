@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from cnntool.layers import Layer, LayerConfig, Shape
+from cnntool.layers import GRAD_OUT, Array, Call, Layer, LayerConfig, Shape, X, buf, grad, param
 from cnntool_extras import kernels
 
 
@@ -44,24 +44,25 @@ class PReLU(Layer):
     def init_param(self, name: str, shape: Shape, rng: np.random.Generator) -> np.ndarray:
         return np.full(shape, self.config.init, np.float32)
 
-    def forward(self, x: np.ndarray, *, training: bool = False) -> np.ndarray:
-        # Every element after the channel axis is one position of that channel: (N, C, S).
-        self._x = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
-        out = self.buffer("out", x.shape)
-        kernels.prelu_forward(self._x, self.params["weight"], out.reshape(self._x.shape))
-        return out
+    def buffers(self) -> dict[str, Array]:
+        return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        grad_x = self.buffer("grad_x", grad_out.shape)
-        kernels.prelu_backward(
-            np.ascontiguousarray(grad_out).reshape(self._x.shape),
-            self._x,
-            self.params["weight"],
-            self.need_input_grad,
-            self.grads["weight"],
-            grad_x.reshape(self._x.shape),
-        )
-        return grad_x
+    @property
+    def spatial(self) -> int:
+        """Elements per channel of one example: every axis after the channel axis."""
+        return math.prod(self.input_shape[1:])
+
+    def forward_calls(self, training: bool) -> list[Call]:
+        return [
+            Call(kernels.prelu_forward, x=X, weight=param("weight"), spatial=self.spatial, out=buf("out"))
+        ]
+
+    def backward_calls(self, need_grad_x: bool) -> list[Call]:
+        # The slope's gradient is needed even when dL/dx is not (the first layer).
+        return [
+            Call(kernels.prelu_backward, grad_out=GRAD_OUT, x=X, weight=param("weight"), spatial=self.spatial,
+                 need_input_grad=need_grad_x, grad_weight=grad("weight"), grad_x=buf("grad_x"))
+        ]  # fmt: skip
 
     def flops(self, input_shape: Shape) -> int:
         return math.prod(input_shape)
