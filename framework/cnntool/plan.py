@@ -349,9 +349,9 @@ class Generator:
     def share(self, lines: list[str]) -> list[str]:
         """The lines of an inference pass, with its per-example buffers sharing memory: once
         the last line using a buffer has run, its memory goes to buffers used later. (Training
-        keeps every buffer, since the backward pass reads them.) Each buffer of these lines
-        gets a new identifier, viewing the offset found here, so a function may hold both
-        kinds of code (`forward`). Records the pass's elements per example in `peaks`."""
+        keeps every buffer, since the backward pass reads them, and so does `forward`, which
+        a backward may follow.) Each buffer of these lines gets a new identifier, viewing the
+        offset found here. Records the pass's elements per example in `peaks`."""
         uses: dict[str, list[int]] = {}  # buffer -> first and last line using it
         views: dict[str, str] = {}  # V (a reshape) -> the buffer it views
         for number, line in enumerate(lines):
@@ -526,7 +526,8 @@ class Generator:
         )
         train_lines, _, outs_train = self.forward_lines(len(net.layers), True, ind * 2)
         infer_lines, _, outs_infer = self.forward_lines(len(net.layers), False, ind)
-        infer_lines = self.share([*infer_lines, f"{ind}return {outs_infer[-1]}"])
+        # (Not shared: backward may follow a forward in inference mode, and reads its buffers.)
+        infer_lines = [*infer_lines, f"{ind}return {outs_infer[-1]}"]
         functions.append((
             "forward", "x, training",
             ["The last layer's output for x, in training or inference mode."],
