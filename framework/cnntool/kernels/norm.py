@@ -18,6 +18,16 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True, fastmath=True, nogil=True, inline="always")
+def scale_shift(src, dst, c, scale, shift):
+    """dst[:, c] = src[:, c] * scale + shift, in float32 (src, dst: (N, C, S))."""
+    scale32 = np.float32(scale)
+    shift32 = np.float32(shift)
+    for i in range(src.shape[0]):
+        for s in range(src.shape[2]):
+            dst[i, c, s] = src[i, c, s] * scale32 + shift32
+
+
 @njit(cache=True, fastmath=True, nogil=True)
 def batchnorm_inference(x, weight, bias, running_mean, running_var, eps, mean, inv_std, mode, out):
     """out = weight * (x - running_mean) / sqrt(running_var + eps) + bias per channel."""
@@ -32,11 +42,7 @@ def batchnorm_inference(x, weight, bias, running_mean, running_var, eps, mean, i
         scale_std = 1.0 / math.sqrt(running_var[c] + eps)
         mean[c] = mu
         inv_std[c] = scale_std
-        scale = np.float32(weight[c] * scale_std)
-        shift = np.float32(bias[c] - mu * weight[c] * scale_std)
-        for i in range(n):
-            for s in range(spatial):
-                dst[i, c, s] = src[i, c, s] * scale + shift
+        scale_shift(src, dst, c, weight[c] * scale_std, bias[c] - mu * weight[c] * scale_std)
 
 
 @njit(cache=True, fastmath=True, nogil=True)
@@ -88,11 +94,7 @@ def batchnorm_normalize(
         scale_std = 1.0 / math.sqrt(squares / max(count, 1.0) + eps)
         mean[c] = mu
         inv_std[c] = scale_std
-        scale = np.float32(weight[c] * scale_std)
-        shift = np.float32(bias[c] - mu * weight[c] * scale_std)
-        for i in range(n):
-            for s in range(spatial):
-                dst[i, c, s] = src[i, c, s] * scale + shift
+        scale_shift(src, dst, c, weight[c] * scale_std, bias[c] - mu * weight[c] * scale_std)
 
 
 @njit(cache=True, fastmath=True, nogil=True)
