@@ -256,28 +256,36 @@ def max_bundle_bytes() -> int:
 
 def read_bundle(path: str | os.PathLike) -> RawBundle:
     """Read and verify a bundle file without building its network (no layer code runs)."""
-    path = checked_path(path, BundleError)
+    data = read_limited(path, BundleError, "a bundle file", "bundle file")
+    return parse_bundle(data, str(checked_path(path, BundleError)))
+
+
+def read_limited(
+    path: str | os.PathLike, error: type[CnntoolError], what: str, missing: str = "file"
+) -> bytes:
+    """The bytes of a regular file no larger than the bundle limit, checked before reading
+    (a bundle, or an ONNX or safetensors file from a stranger); every failure is `error`."""
+    path = checked_path(path, error)
     where = str(path)
     try:
-        size = path.stat().st_size
         if path.is_dir():
-            raise BundleError(f"{where}: is a folder, not a bundle file")
+            raise error(f"{where}: is a folder, not {what}")
+        size = path.stat().st_size
         if not path.is_file():
-            raise BundleError(f"{where}: not a regular file")
+            raise error(f"{where}: not a regular file")
         limit = max_bundle_bytes()
         if size > limit:
-            raise BundleError(
+            raise error(
                 f"{where}: file is {size} bytes, more than the {limit}-byte limit "
                 f"(raise it with {MAX_BUNDLE_BYTES_ENV})"
             )
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
-        raise BundleError(f"{where}: bundle file not found") from None
+        raise error(f"{where}: {missing} not found") from None
     except IsADirectoryError:
-        raise BundleError(f"{where}: is a folder, not a bundle file") from None
+        raise error(f"{where}: is a folder, not {what}") from None
     except OSError as exc:
-        raise BundleError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    return parse_bundle(data, where)
+        raise error(f"{where}: cannot read: {exc.strerror or exc}") from None
 
 
 def parse_bundle(data: bytes, where: str = "<bytes>") -> RawBundle:

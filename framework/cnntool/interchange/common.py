@@ -60,29 +60,14 @@ def file_format(path: str | os.PathLike, given: str | None) -> str:
 
 
 def read_limited(path: str | os.PathLike, what: str) -> bytes:
-    """The bytes of a regular file no larger than the bundle limit, checked before reading."""
-    from cnntool.bundle import MAX_BUNDLE_BYTES_ENV, max_bundle_bytes
+    """The bytes of a regular, non-empty file no larger than the bundle limit, checked before
+    reading (the bundle reader's own check)."""
+    from cnntool.bundle import read_limited as read_file
 
-    path = checked_path(path, InterchangeError)
-    try:
-        if path.is_dir():
-            raise InterchangeError(f"{path}: is a folder, not {what}")
-        size = path.stat().st_size
-        if not path.is_file():
-            raise InterchangeError(f"{path}: not a regular file")
-        limit = max_bundle_bytes()
-        if size > limit:
-            raise InterchangeError(
-                f"{path}: file is {size} bytes, more than the {limit}-byte limit (raise it with "
-                f"{MAX_BUNDLE_BYTES_ENV})"
-            )
-        if size == 0:
-            raise InterchangeError(f"{path}: file is empty; expected {what}")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InterchangeError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise InterchangeError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    data = read_file(path, InterchangeError, what)
+    if not data:
+        raise InterchangeError(f"{checked_path(path, InterchangeError)}: file is empty; expected {what}")
+    return data
 
 
 def check_array_size(shape: Any, itemsize: int, where: str) -> tuple[int, ...]:
