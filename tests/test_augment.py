@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import cnntool
-from cnntool.augmentation import Augmenter
 from cnntool.kernels.augment import affine_resample
-from cnntool.spec import TrainingConfig
+from cnntool.model.spec import TrainingConfig
+from cnntool.training.augmentation import Augmenter
 
 CNNTOOL = str(Path(sys.executable).with_name("cnntool"))
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import cnntool
-from cnntool.training_run import class_weights
+from cnntool.training.run import class_weights
 
 CNNTOOL = str(Path(sys.executable).with_name("cnntool"))
 SPEC = {"input_shape": [1, 6, 6], "layers": [{"type": "conv2d", "filters": 2, "kernel_size": 3},

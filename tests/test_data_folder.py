@@ -93,7 +93,7 @@ def test_train_and_test_folders_are_the_split(tmp_path):
 
 
 def test_a_val_folder_is_the_validation_split(tmp_path):
-    from cnntool.training_run import TrainingRun
+    from cnntool.training.run import TrainingRun
 
     root = tmp_path / "pets"
     for part, values in (("train", (1, 2, 3, 4)), ("test", (5, 6)), ("val", (7, 8, 9))):
@@ -270,8 +270,8 @@ def test_models_trained_on_pictures_resize_other_sizes_plainly(tmp_path):
 
     import cnntool
     from cnntool.data.images import load_image
-    from cnntool.predict import predict_files, predict_raw
-    from cnntool.training_run import TrainingRun
+    from cnntool.inference.predict import predict_files, predict_raw
+    from cnntool.training.run import TrainingRun
 
     rng = np.random.default_rng(0)
     for name in ("dark", "light"):

@@ -14,7 +14,13 @@ from cnntool.cli import app
 from cnntool.cli.evaluate import format_report
 from cnntool.data import preprocess
 from cnntool.errors import DataError
-from cnntool.metrics import averages, check_dataset_fits, confusion_matrix, per_class, top_confusions
+from cnntool.inference.metrics import (
+    averages,
+    check_dataset_fits,
+    confusion_matrix,
+    per_class,
+    top_confusions,
+)
 
 runner = CliRunner()
 

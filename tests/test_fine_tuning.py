@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import cnntool
-from cnntool.optim import SGD, AdamW
+from cnntool.training.optim import SGD, AdamW
 from pictures import picture_folder
 
 CNNTOOL = str(Path(sys.executable).with_name("cnntool"))

@@ -10,7 +10,7 @@ from torch_graph import torch_graph, torch_weights
 
 import cnntool
 from cnntool.errors import SpecError
-from cnntool.spec import validate_spec
+from cnntool.model.spec import validate_spec
 
 
 def block(name, source, filters, stride=1):
@@ -117,7 +117,7 @@ def outcome(net, x):
 def test_batch_norm_networks_cut_the_batch_across_threads(rng):
     """Batch norm's pieces meet at its Sync points: cut in two, a training step computes the
     whole batch's statistics, gradients and running averages, as uncut and layer by layer."""
-    from cnntool.threads import set_threads
+    from cnntool.system.threads import set_threads
 
     x = rng.standard_normal((24, *RESIDUAL["input_shape"])).astype(np.float32)
     labels = rng.integers(0, 3, 24).astype(np.int64)

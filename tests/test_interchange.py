@@ -418,7 +418,7 @@ def test_every_unsupported_op_and_feature_is_listed_in_one_message(tmp_path):
     onnx.save(
         graph_model(grouped, [weight("w", (4, 1, 3, 3))], input_shape=(1, 2, 6, 6)), tmp_path / "g.onnx"
     )
-    from cnntool.registry import get_registry
+    from cnntool.model.registry import get_registry
 
     if "depthwise_conv2d" not in get_registry().types:
         assert "node 'grouped' (Conv): group=2" in cli_import(tmp_path / "g.onnx", tmp_path / "out.cnnb")
@@ -514,13 +514,13 @@ class Opaque(cnntool.Layer):
 
 def install(classes, monkeypatch):
     """The shared registry, with layer classes added as if `dist` provided them."""
-    from cnntool.registry import LayerType, Registry
+    from cnntool.model.registry import LayerType, Registry
 
     registry = Registry.discover()
     for name, (cls, dist) in classes.items():
         if name not in registry.types:
             registry.add(LayerType(name, f"{cls.__module__}:{cls.__name__}", dist, "0.1.0", layer_class=cls))
-    monkeypatch.setattr("cnntool.registry._registry", registry)
+    monkeypatch.setattr("cnntool.model.registry._registry", registry)
 
 
 def test_a_layer_without_lowering_names_itself_its_type_and_distribution(tmp_path, monkeypatch):

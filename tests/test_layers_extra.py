@@ -308,7 +308,7 @@ def test_plan_matches_layer_by_layer(rng):
 
 
 def test_masks_do_not_depend_on_threads(rng):
-    from cnntool.threads import set_threads
+    from cnntool.system.threads import set_threads
 
     x = rng.standard_normal((32, 1, 8, 8)).astype(np.float32)
     labels = rng.integers(0, 3, 32).astype(np.int64)
@@ -329,7 +329,7 @@ def test_masks_do_not_depend_on_threads(rng):
 def test_batchnorm_networks_cut_across_threads_agree_with_one_thread(rng):
     """Cut in two, the pieces meet at each batch norm (1d and 2d) for the whole batch's
     statistics; dropout masks follow each example's place in the batch."""
-    from cnntool.threads import set_threads
+    from cnntool.system.threads import set_threads
 
     x = rng.standard_normal((32, 2, 12, 12)).astype(np.float32)
     labels = rng.integers(0, 3, 32).astype(np.int64)

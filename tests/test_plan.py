@@ -92,7 +92,7 @@ def test_parameters_live_in_one_flat_array(root):
 
 
 def test_batch_split_across_threads_matches_one_thread(root, rng):
-    from cnntool.threads import set_threads
+    from cnntool.system.threads import set_threads
 
     x = rng.random((40, 1, 28, 28), dtype=np.float32)
     labels = rng.integers(0, 10, 40).astype(np.int64)
@@ -236,7 +236,7 @@ def test_training_steps_allocate_no_arrays(root):
     import tracemalloc
 
     from cnntool.data import load_dataset
-    from cnntool.train import BatchSource
+    from cnntool.training.loop import BatchSource
 
     sample = load_dataset("mnist-sample")
     net = build(SPECS["seed"], root, True)
@@ -259,7 +259,7 @@ def test_training_steps_allocate_no_arrays(root):
 
 
 def test_one_workspace_per_thread_whatever_the_batch_sizes(root, rng):
-    from cnntool.threads import set_threads
+    from cnntool.system.threads import set_threads
 
     set_threads(1)
     try:

@@ -75,7 +75,7 @@ def lines_by_label(axes):
 
 
 def test_figure_draws_the_history():
-    from cnntool.plotting import history_figure
+    from cnntool.training.plotting import history_figure
 
     figure = history_figure(HISTORY, title="tiny on toy", best_epoch=3)
     assert figure._suptitle.get_text() == "tiny on toy"
@@ -92,7 +92,7 @@ def test_figure_draws_the_history():
 
 
 def test_figure_without_validation_has_one_line_per_panel():
-    from cnntool.plotting import history_figure
+    from cnntool.training.plotting import history_figure
 
     plain = [{**r, "val_loss": None, "val_accuracy": None} for r in HISTORY]
     figure = history_figure(plain)
@@ -100,7 +100,7 @@ def test_figure_without_validation_has_one_line_per_panel():
 
 
 def test_figure_draws_the_learning_rate():
-    from cnntool.plotting import history_figure
+    from cnntool.training.plotting import history_figure
 
     history = [{**r, "lr": 0.1 / 10 ** (r["epoch"] // 3)} for r in HISTORY]
     axes = history_figure(history).axes[2]

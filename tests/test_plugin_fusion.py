@@ -13,10 +13,10 @@ import pytest
 from numba import njit, types
 
 import cnntool
-from cnntool.kit import compare_paths
 from cnntool.layers import GRAD_OUT, Array, Call, Epilogue, Layer, LayerConfig, X, buf
-from cnntool.registry import LayerType, Registry
+from cnntool.model.registry import LayerType, Registry
 from cnntool.testing import CHECKS, check_layer
+from cnntool.testing.kit import compare_paths
 
 
 @njit(cache=True, fastmath=True, nogil=True)
@@ -175,7 +175,7 @@ def test_a_network_says_which_layer_keeps_it_from_compiling(registry):
     assert (
         execution["reason"] == "ByHand writes forward/backward by hand (forward_calls(training=True) is None)"
     )
-    from cnntool.execution import execution_line
+    from cnntool.compile.execution import execution_line
 
     assert execution_line(execution).startswith(
         "runs layer by layer because of layer 1 (by_hand_1, type 'by_hand' from cnntool-softsign==0.2.0): "

@@ -10,7 +10,7 @@ import pytest
 import cnntool
 from cnntool.errors import PluginError, SpecError
 from cnntool.layers import Layer, LayerConfig
-from cnntool.registry import LayerType, PluginWarning, Registry
+from cnntool.model.registry import LayerType, PluginWarning, Registry
 from cnntool.testing import (
     CHECKS,
     check_config_round_trip,

@@ -2,7 +2,7 @@
 loaded from the caches: users compare bundle digests to check that a run is reproducible.
 
 numba runs other machine code in the process that compiles a function than in one that
-loads it from the cache; a plan is therefore compiled in a child process (cnntool.plan),
+loads it from the cache; a plan is therefore compiled in a child process (cnntool.compile.plan),
 and this test trains in real processes on fresh cache folders to see that it holds."""
 
 import json

@@ -17,7 +17,7 @@ import pytest
 import cnntool
 from cnntool.bundle import read_bundle
 from cnntool.errors import CnntoolError
-from cnntool.training_run import TrainingInterrupted, TrainingRun
+from cnntool.training.run import TrainingInterrupted, TrainingRun
 
 CNNTOOL = str(Path(sys.executable).with_name("cnntool"))
 EPOCHS = 8
@@ -298,7 +298,7 @@ def test_a_second_ctrl_c_aborts_at_once(files, tmp_path):
     _, spec, data = files
     code = (
         "import os, signal, sys\n"
-        "from cnntool.training_run import TrainingRun, TrainingInterrupted\n"
+        "from cnntool.training.run import TrainingRun, TrainingInterrupted\n"
         f"run = TrainingRun.prepare({str(spec)!r}, {str(tmp_path / 'x.cnnb')!r}, {{'data': {str(data)!r}}})\n"
         "def twice(done, total):\n"
         "    if done == 3:\n"

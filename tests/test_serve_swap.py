@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import cnntool
-from cnntool.predict import predict_raw
+from cnntool.inference.predict import predict_raw
 from test_serve import Server
 
 SAMPLES = 4

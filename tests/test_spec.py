@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import cnntool
 from cnntool.errors import InputError, SpecError
-from cnntool.spec import validate_spec
+from cnntool.model.spec import validate_spec
 
 
 def spec_with(*layers, **extra):
@@ -237,7 +237,7 @@ def test_mutated_specs_give_only_spec_errors(draw, seed_spec_path):
         validated = validate_spec(json.dumps(spec, allow_nan=True) if draw.draw(st.booleans()) else spec)
     except SpecError:
         return
-    from cnntool.summary import describe_spec
+    from cnntool.model.summary import describe_spec
 
     if describe_spec(validated)["total_params"] < 200_000:
         cnntool.Network.from_spec(validated, seed=0)

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 import cnntool
 from cnntool.cli import app
 from cnntool.errors import CnntoolError, SpecError
-from cnntool.schedules import Cosine, ReduceOnPlateau, Schedule, StepDecay
-from cnntool.summary import sparkline
-from cnntool.train import EarlyStopping, fit
-from cnntool.training_run import TrainingRun
+from cnntool.model.summary import sparkline
+from cnntool.training.loop import EarlyStopping, fit
+from cnntool.training.run import TrainingRun
+from cnntool.training.schedules import Cosine, ReduceOnPlateau, Schedule, StepDecay
 
 runner = CliRunner()
 PREPROCESSING = {"pixel_scale": 1 / 255, "mean": 0.0, "std": 1.0}
@@ -272,8 +272,8 @@ def test_training_config_documents_every_option():
 
 
 def test_cosine_uses_the_epochs_after_warmup():
-    from cnntool.schedules import make_schedule
-    from cnntool.spec import TrainingConfig
+    from cnntool.model.spec import TrainingConfig
+    from cnntool.training.schedules import make_schedule
 
     schedule = make_schedule(
         TrainingConfig(epochs=6, lr_schedule="cosine", warmup_epochs=2, lr_min=0.01), 0.1

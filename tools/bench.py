@@ -476,7 +476,7 @@ def plugin_latency(name: str, rounds: int, threads: int, site: Path, specs: dict
     """Inference latency of one image, built-in against plugin, in this process."""
     import cnntool
     from cnntool.data import load_dataset
-    from cnntool.registry import reset_registry
+    from cnntool.model.registry import reset_registry
 
     sys.path.insert(0, str(site))
     reset_registry()
@@ -558,7 +558,7 @@ def main() -> None:
     if args.profile:
         from layer_profile import print_profile, profile
 
-        from cnntool.threads import requested_threads
+        from cnntool.system.threads import requested_threads
 
         known = {**{k: v[:2] for k, v in TRAIN_WORKLOADS.items()}, **INFER_WORKLOADS}
         if args.profile not in known:
@@ -576,7 +576,7 @@ def main() -> None:
         raise SystemExit(
             "PyTorch is needed for the side-by-side run: pip install torch==2.13.0 (CPU)"
         ) from None
-    from cnntool.threads import requested_threads
+    from cnntool.system.threads import requested_threads
 
     threads = requested_threads(args.threads)
     names = args.only or [*TRAIN_WORKLOADS, *INFER_WORKLOADS, *PLUGIN_WORKLOADS]

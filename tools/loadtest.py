@@ -48,7 +48,7 @@ from PIL import Image
 
 import cnntool
 from cnntool.data import load_dataset
-from cnntool.predict import predict_raw
+from cnntool.inference.predict import predict_raw
 
 SAMPLES = 64
 

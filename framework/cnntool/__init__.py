@@ -30,17 +30,17 @@ from cnntool.errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Network": "cnntool.network",
-    "softmax_cross_entropy": "cnntool.losses",
+    "Network": "cnntool.model.network",
+    "softmax_cross_entropy": "cnntool.training.losses",
     "save_bundle": "cnntool.bundle",
     "load_bundle": "cnntool.bundle",
     "Bundle": "cnntool.bundle",
-    "validate_spec": "cnntool.spec",
+    "validate_spec": "cnntool.model.spec",
     "load_dataset": "cnntool.data",
-    "fit": "cnntool.train",
-    "evaluate": "cnntool.train",
-    "set_threads": "cnntool.threads",
-    "get_registry": "cnntool.registry",
+    "fit": "cnntool.training.loop",
+    "evaluate": "cnntool.training.loop",
+    "set_threads": "cnntool.system.threads",
+    "get_registry": "cnntool.model.registry",
     "Layer": "cnntool.layers.base",
     "LayerConfig": "cnntool.layers.base",
 }

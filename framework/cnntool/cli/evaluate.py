@@ -29,8 +29,8 @@ def evaluate(
     loss, accuracy, per-class precision/recall/F1, confusion matrix, most frequent mistakes."""
     from cnntool.bundle import load_bundle
     from cnntool.data import load_dataset
-    from cnntool.metrics import classification_report
-    from cnntool.threads import set_threads
+    from cnntool.inference.metrics import classification_report
+    from cnntool.system.threads import set_threads
 
     loaded = load_bundle(bundle)
     source = data if data is not None else recorded_dataset(loaded)

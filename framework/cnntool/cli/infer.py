@@ -68,10 +68,10 @@ def infer(
     others are still predicted; the exit code is then 1. Each row holds the input (and its index
     within an array), the top class's index, label and probability, and every probability.
     """
-    from cnntool import inference_run
     from cnntool.bundle import load_bundle
-    from cnntool.predict import row_record
-    from cnntool.threads import available_cpus, set_threads
+    from cnntool.inference import run as inference_run
+    from cnntool.inference.predict import row_record
+    from cnntool.system.threads import available_cpus, set_threads
 
     if (workers is not None or ray_address is not None) and not use_ray:
         typer.echo("error: --workers and --ray-address need --ray", err=True)

@@ -15,7 +15,7 @@ def layers(
 ) -> None:
     """List registered layer types and the distribution providing each, with the plugins
     that failed to load and why."""
-    from cnntool.registry import conflict_message, get_registry
+    from cnntool.model.registry import conflict_message, get_registry
 
     registry = get_registry()
     registry.load_all()
@@ -63,6 +63,6 @@ def schema(
     ] = False,
 ) -> None:
     """Print the JSON Schema of network specs (for every installed layer type)."""
-    from cnntool.registry import get_registry
+    from cnntool.model.registry import get_registry
 
     typer.echo(json.dumps(get_registry().spec_model().model_json_schema(), indent=2))

@@ -21,7 +21,7 @@ def plot(
 ) -> None:
     """Draw loss and accuracy (training and validation) against epochs. Needs matplotlib:
     pip install 'cnntool[plot]'."""
-    from cnntool.plotting import plot_bundle
+    from cnntool.training.plotting import plot_bundle
 
     result = plot_bundle(bundle, out)
     if json_output:

@@ -35,7 +35,7 @@ def check(
     save/load round trip. Runs each type on the examples its class declares (`examples()`), in
     a child process with bounds-checked kernels; exits 1 if any fails."""
     from cnntool.errors import PluginError
-    from cnntool.registry import get_registry
+    from cnntool.model.registry import get_registry
     from cnntool.testing import check_distribution
 
     registry = get_registry()

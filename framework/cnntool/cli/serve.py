@@ -63,7 +63,7 @@ def serve(
     from cnntool.serve import ServeSettings, create_app
     from cnntool.serve.models import model_name
     from cnntool.serve.service import warm_up
-    from cnntool.threads import available_cpus, set_threads
+    from cnntool.system.threads import available_cpus, set_threads
 
     if not api_key and not allow_unauthenticated and not is_loopback(host):
         raise CnntoolError(

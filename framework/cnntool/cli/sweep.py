@@ -60,8 +60,8 @@ def sweep(
     Each trial leaves its bundle in DIR/trials/ (its config and seed in meta.sweep); the best
     is copied to DIR/best.cnnb. A failed trial is listed with its error and the sweep goes on.
     """
-    from cnntool import sweep as sweeps
-    from cnntool.inference_run import import_ray
+    from cnntool.inference.run import import_ray
+    from cnntool.training import sweep as sweeps
 
     import_ray()
     if resume is not None:

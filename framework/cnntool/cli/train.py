@@ -180,7 +180,7 @@ def train(
     --log FILE keeps one JSON line per epoch, and --json puts the result on stdout. Ctrl-C
     saves a checkpoint at the next step and exits with 130; --resume continues it.
     """
-    from cnntool.training_run import TrainingInterrupted, TrainingRun
+    from cnntool.training.run import TrainingInterrupted, TrainingRun
 
     overrides = {
         "data": data,
@@ -223,7 +223,7 @@ def train(
     state = run.trainer.state
     options = run.options
     schedule = "" if options.lr_schedule == "constant" else f" ({options.lr_schedule} schedule)"
-    from cnntool.execution import execution_line
+    from cnntool.compile.execution import execution_line
 
     execution = run.net.execution()
     note(

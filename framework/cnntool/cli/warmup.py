@@ -19,8 +19,8 @@ def warmup(
 ) -> None:
     """Compile everything a network needs (training, evaluation, inference) and cache it, so
     later runs start at full speed. Safe to run before starting several processes at once."""
-    from cnntool.threads import set_threads
-    from cnntool.warmup import load_network, warm_up
+    from cnntool.inference.warmup import load_network, warm_up
+    from cnntool.system.threads import set_threads
 
     started = time.perf_counter()
     net = load_network(file)
@@ -33,7 +33,7 @@ def warmup(
             {"seconds": total, "steps": timings, "compiled": net.plan is not None, "execution": execution}
         )
     else:
-        from cnntool.execution import execution_line
+        from cnntool.compile.execution import execution_line
 
         mode = "compiled plan" if net.plan is not None else "layer by layer"
         note(f"warmed up {net.name!r} ({mode}) in {total:.1f} s")

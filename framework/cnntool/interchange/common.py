@@ -163,8 +163,8 @@ def build_network(
     """Validate the spec, build its network and load the arrays, after checking that they are
     exactly what the spec builds (every mismatch named at once, as the bundle reader does)."""
     from cnntool.bundle import RawBundle, check_arrays
-    from cnntool.network import Network
-    from cnntool.spec import validate_spec
+    from cnntool.model.network import Network
+    from cnntool.model.spec import validate_spec
 
     try:
         valid = validate_spec(spec)

@@ -110,7 +110,7 @@ def has_onnx_lowering(layer: Layer) -> bool:
 
 def missing_lowerings(net: Any, providers: dict[str, str]) -> list[str]:
     """A description of every layer that cannot be lowered, with the distribution to ask."""
-    from cnntool.registry import get_registry
+    from cnntool.model.registry import get_registry
 
     registry = get_registry()
     found = []

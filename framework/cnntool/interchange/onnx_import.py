@@ -190,7 +190,7 @@ class Converter:
     """One ONNX graph into a spec, weights and state (see the module docs)."""
 
     def __init__(self, source: OnnxFile) -> None:
-        from cnntool.registry import get_registry
+        from cnntool.model.registry import get_registry
 
         self.onnx = require("onnx")
         self.source = source

@@ -105,7 +105,7 @@ def import_safetensors(
     preprocessing: Any = None,
 ) -> dict:
     """Build a bundle from a spec and a safetensors file of its weights; write it to `out`."""
-    from cnntool.spec import plan_layers, read_spec_data, validate_spec
+    from cnntool.model.spec import plan_layers, read_spec_data, validate_spec
 
     where = str(path)
     arrays, metadata, skipped, sha256 = read_safetensors(path)

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import get_cython_function_address
 
-from cnntool.cpu import blas_loading
+from cnntool.system.cpu import blas_loading
 
 with blas_loading():
     import scipy.linalg.cython_blas  # noqa: F401  (loads the library, choosing its kernels)

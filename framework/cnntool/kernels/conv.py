@@ -241,7 +241,7 @@ def conv2d_forward_wide(x, weight, bias, use_bias, keep, relu, pad_top, pad_left
     columns is (N, C*KH*KW, L) when `keep` (each image's columns stay for the backward pass;
     small layers) or (1, C*KH*KW, L) shared scratch. Scratch: padded (C, HP, WP) (unused
     without padding), full (O, OH*WP). With `relu`, out = max(conv, 0): a ReLU layer that
-    follows is computed here (see cnntool.plan).
+    follows is computed here (see cnntool.compile.plan).
     """
     for n in range(out.shape[0]):
         cols = columns[n] if keep else columns[0]

@@ -1,4 +1,4 @@
-"""In-place parameter updates, following PyTorch's definitions (see cnntool.optim)."""
+"""In-place parameter updates, following PyTorch's definitions (see cnntool.training.optim)."""
 
 import math
 

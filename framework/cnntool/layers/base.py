@@ -17,7 +17,7 @@ kernels it calls, on which arrays, instead of writing `forward`/`backward` itsel
 
 Declared once, those calls run in two ways: one by one from Python (`Layer.forward`,
 `Layer.backward` below), or compiled together with every other layer's calls into a single
-numba function per network (`cnntool.plan`), which is what makes small networks fast.
+numba function per network (`cnntool.compile.plan`), which is what makes small networks fast.
 A layer that writes `forward`/`backward` by hand instead still works everywhere; networks
 containing one simply run layer by layer.
 
@@ -364,7 +364,7 @@ class Layer:
     def _run(self, calls: list[Call], n: int, result: Any, x: Any, grad_out: np.ndarray | None) -> Any:
         def resolve(arg: Any) -> Any:
             if not isinstance(arg, Ref):
-                # A flag as 0 or 1, as the compiled plan passes it (cnntool.plan): one
+                # A flag as 0 or 1, as the compiled plan passes it (cnntool.compile.plan): one
                 # compiled kernel serves both ways.
                 return int(arg) if isinstance(arg, (bool, np.bool_)) else arg
             if arg.kind == "x":

@@ -88,7 +88,7 @@ class Conv2D(Layer):
       WINOGRAD_MIN_PAIRS: forward by Winograd F(2x2, 3x3) (conv2d_forward_3x3, 2.25x fewer
       multiplications); backward by the wide path.
     - any other stride: plain im2col per image (conv2d_forward, conv2d_backward).
-    In a compiled plan (cnntool.plan), a ReLU reading only a stride-1 convolution is applied
+    In a compiled plan (cnntool.compile.plan), a ReLU reading only a stride-1 convolution is applied
     by its kernels as they write the output, and masks the gradient in backward (`fuses`);
     for inference, a ReLU and a 2x2 stride-2 max-pool after it are one pass over the product
     (conv2d_relu_pool_wide, `fuses_pool`).

@@ -59,7 +59,7 @@ class ModelService:
     def __init__(
         self, name: str, path: str, settings: ServeSettings, metrics: ServerMetrics, bundle: Any = None
     ) -> None:
-        from cnntool.threads import set_threads
+        from cnntool.system.threads import set_threads
 
         self.name = name
         self.path = path
@@ -136,7 +136,7 @@ class ModelService:
 
     async def predict(self, inputs: np.ndarray, top_k: int) -> list[dict[str, Any]]:
         """One `cnntool infer` record per input (without `input`), in order."""
-        from cnntool.predict import prediction_record
+        from cnntool.inference.predict import prediction_record
 
         classes = self.bundle.network.classes
         probabilities = await self.probabilities(inputs)
@@ -183,7 +183,7 @@ def warm_up(bundle: Any, sizes: list[int]) -> None:
     """Predict once on blank inputs at each batch size, so every kernel is compiled (or
     loaded from numba's cache) and the workspace made for the largest batch before
     traffic comes."""
-    from cnntool.predict import predict_raw
+    from cnntool.inference.predict import predict_raw
 
     for size in sizes:
         blank = np.zeros((size, *bundle.network.input_shape), np.uint8)

@@ -8,7 +8,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from cnntool.errors import SpecError
 from cnntool.layers import pair
-from cnntool.registry import get_registry
+from cnntool.model.registry import get_registry
 from cnntool.testing import CHECKS, check_gradients, check_layer, layer_examples, make_layer
 
 TYPES = ("leaky_relu", "prelu", "depthwise_conv2d")

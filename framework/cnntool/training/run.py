@@ -10,7 +10,7 @@ Python too:
 Checkpoints (every `checkpoint_every` epochs, and on Ctrl-C) and the final bundle are the
 same kind of file, written atomically to the output path: the model (under early stopping,
 the best epoch's weights), the optimizer's state, and in `meta.resume` where training
-stands (see cnntool.train.Trainer.state_dict). When the model's weights are not the ones
+stands (see cnntool.training.loop.Trainer.state_dict). When the model's weights are not the ones
 training continues from, those go beside the optimizer's slots as `current_params` and
 `current_state`. Resuming therefore continues exactly where the run stopped: same seed and
 threads give the same final weights as a run that was never interrupted.
@@ -80,9 +80,9 @@ class TrainingRun:
         """Validate everything that can be wrong before the first step: spec, options,
         output folder, dataset and its fit to the spec."""
         from cnntool.data import load_dataset
-        from cnntool.network import Network
-        from cnntool.spec import TrainingConfig, validate_spec
-        from cnntool.threads import set_threads
+        from cnntool.model.network import Network
+        from cnntool.model.spec import TrainingConfig, validate_spec
+        from cnntool.system.threads import set_threads
 
         out = check_output(Path(out))
         spec = validate_spec(spec_source)
@@ -122,8 +122,8 @@ class TrainingRun:
         options, below `overrides`."""
         from cnntool.bundle import load_bundle
         from cnntool.data import load_dataset
-        from cnntool.spec import TrainingConfig
-        from cnntool.threads import set_threads
+        from cnntool.model.spec import TrainingConfig
+        from cnntool.system.threads import set_threads
 
         path = Path(bundle_path)
         bundle = load_bundle(path)
@@ -198,7 +198,7 @@ class TrainingRun:
         cls, spec: Any, options: Any, out: Path, dataset: Any, net: Any, threads: int
     ) -> TrainingRun:
         from cnntool.data import preprocessing_for, split_validation
-        from cnntool.optim import OPTIMIZERS
+        from cnntool.training.optim import OPTIMIZERS
 
         optimizer = make_optimizer(OPTIMIZERS[options.optimizer], net, options)
         optimizer.freeze(frozen_keys(net, options.freeze))
@@ -215,8 +215,8 @@ class TrainingRun:
         )  # fmt: skip
 
     def make_trainer(self) -> Any:
-        from cnntool.schedules import make_schedule
-        from cnntool.train import EarlyStopping, Trainer
+        from cnntool.training.loop import EarlyStopping, Trainer
+        from cnntool.training.schedules import make_schedule
 
         options = self.options
         early_stopping = (
@@ -283,7 +283,7 @@ class TrainingRun:
         }
 
     def test_scores(self) -> dict[str, Any] | None:
-        from cnntool.train import evaluate
+        from cnntool.training.loop import evaluate
 
         if not len(self.dataset.x_test):
             return None
@@ -372,7 +372,7 @@ def check_same_spec(source: Any, stored: Any, path: Path) -> Any:
     """The spec `source`, validated, when it describes the network stored in the bundle at
     `path` (its training section aside, and its classes when it names none); else a
     CnntoolError saying what differs."""
-    from cnntool.spec import validate_spec
+    from cnntool.model.spec import validate_spec
 
     given = validate_spec(source)
     differences = spec_differences(stored, given)
@@ -416,7 +416,7 @@ def spec_differences(stored: Any, given: Any) -> list[str]:
 
 
 def short_value(value: Any) -> str:
-    from cnntool.spec import short_repr
+    from cnntool.model.spec import short_repr
 
     return short_repr(list(value) if isinstance(value, tuple) else value)
 
@@ -472,7 +472,7 @@ def merge_options(from_spec: Any, overrides: dict[str, Any], model: Any) -> Any:
         from pydantic import ValidationError
 
         if isinstance(exc, ValidationError):
-            from cnntool.spec import format_errors
+            from cnntool.model.spec import format_errors
 
             raise SpecError("invalid training options: " + format_errors(exc, base)) from None
         raise
@@ -482,7 +482,7 @@ def fit_spec_to_data(spec: Any, dataset: Any, classes_from_data: bool = False) -
     """Check the spec's input shape and classes against the dataset; take the class names
     from the dataset when the spec has none (or `classes_from_data`). When both name classes
     they must agree: a model whose outputs carry another dataset's names predicts wrong labels."""
-    from cnntool.spec import validate_spec
+    from cnntool.model.spec import validate_spec
 
     if tuple(spec.input_shape) != tuple(dataset.input_shape):
         raise SpecError(
@@ -582,7 +582,7 @@ def frozen_keys(net: Any, names: list[str]) -> list[str]:
 
 def make_optimizer(kind: Any, net: Any, options: Any) -> Any:
     """The optimizer with the options given; unset ones keep the optimizer's own defaults."""
-    from cnntool.optim import SGD
+    from cnntool.training.optim import SGD
 
     kwargs: dict[str, Any] = {}
     if options.lr is not None:

@@ -31,7 +31,7 @@ def prediction_record(probabilities: np.ndarray, classes: list[str], top_k: int)
 
 
 def row_record(row: dict[str, Any], classes: list[str], top_k: int) -> dict[str, Any]:
-    """A row of `cnntool.inference_run` as printed: its input, `item` (arrays only), then the
+    """A row of `cnntool.inference.run` as printed: its input, `item` (arrays only), then the
     error, or the top class, the top-k classes and every probability."""
     record: dict[str, Any] = {"input": row["input"]}
     if row["item"] is not None:
@@ -48,7 +48,7 @@ def predict_files(bundle: Any, paths: list[Path], top_k: int = 3) -> list[dict[s
     a folder is searched recursively for images), in order; each names its file as `input`
     (and `item` for an array). The first input that cannot be read raises its InputError."""
     from cnntool.errors import InputError
-    from cnntool.inference_run import make_tasks, run_here
+    from cnntool.inference.run import make_tasks, run_here
 
     net = bundle.network
     records = []

@@ -12,9 +12,9 @@ The conformance checks, each a function that raises AssertionError saying what i
 - `check_shapes`: `compute_output_shape` and `param_shapes` against what `forward`,
   `backward` and `build` really produce, and (declared kernel calls) what the kernels write
   against the declared output;
-- `check_repeatable` (cnntool.kit): forward twice and backward twice give the same results
+- `check_repeatable` (cnntool.testing.kit): forward twice and backward twice give the same results
   (a backward accumulating into its gradients passes every check that calls it once);
-- `check_compiled` (cnntool.kit): a layer declaring its kernel calls runs compiled and layer
+- `check_compiled` (cnntool.testing.kit): a layer declaring its kernel calls runs compiled and layer
   by layer, which agree in forward, backward, a training step and with threads;
 - `check_config_round_trip`: a config dumped to JSON and validated again is the same config;
 - `check_bundle_round_trip`: a small network holding the layer, saved and loaded, gives the
@@ -49,10 +49,10 @@ def make_layer(
     config: dict, input_shape: Shape, seed: int = 0, registry: Any = None, *, bounds_check: bool = True
 ) -> Layer:
     """Validate a layer config through the registry's spec model and build the layer. Its
-    declared kernel calls then run bounds-checked (`cnntool.kit.bounds_checked`): an index
+    declared kernel calls then run bounds-checked (`cnntool.testing.kit.bounds_checked`): an index
     outside an array is an AssertionError naming the kernel, not a crash."""
-    from cnntool.kit import bounds_checked
-    from cnntool.registry import get_registry
+    from cnntool.model.registry import get_registry
+    from cnntool.testing.kit import bounds_checked
 
     registry = registry or get_registry()
     spec = validate_layer_config(config, registry)
@@ -66,7 +66,7 @@ def validate_layer_config(config: dict, registry: Any) -> Any:
     from pydantic import ValidationError
 
     from cnntool.errors import SpecError
-    from cnntool.spec import format_errors
+    from cnntool.model.spec import format_errors
 
     data = {"input_shape": [1, 1, 1], "layers": [config]}
     try:
@@ -222,7 +222,7 @@ def check_shapes(layer: Layer, *, batch: int = 2, seed: int = 0) -> None:
                     f"its parameter {list(layer.params[key].shape)}"
                 )
     if not problems:
-        from cnntool.kit import check_written
+        from cnntool.testing.kit import check_written
 
         problems += check_written(layer, xs)
     if problems:
@@ -236,7 +236,7 @@ def check_config_round_trip(config: dict, registry: Any = None) -> dict:
     """Validate `config`, dump it to JSON, validate that again: the same config must come
     back (every hyperparameter survives being written into a spec or bundle). Returns the
     dumped config."""
-    from cnntool.registry import get_registry
+    from cnntool.model.registry import get_registry
 
     registry = registry or get_registry()
     first = validate_layer_config(config, registry).layers[0]
@@ -254,8 +254,8 @@ def check_bundle_round_trip(config: dict, input_shape: Shape, *, seed: int = 0, 
     load it back: same spec, parameters, state and outputs, and the bundle records the
     distribution providing the layer type."""
     from cnntool.bundle import load_bundle, read_bundle, save_bundle
-    from cnntool.network import Network
-    from cnntool.registry import get_registry
+    from cnntool.model.network import Network
+    from cnntool.model.registry import get_registry
 
     registry = registry or get_registry()
     spec = wrapping_spec(config, input_shape)
@@ -409,8 +409,8 @@ def check_layer(
     is a failed result whose message says which check, which layer type and distribution,
     and what was expected and found; the others still run. `on_check(name)` is called as
     each check starts; `checks` picks some of CHECKS (in their order)."""
-    from cnntool.kit import KernelIndexError, check_compiled, check_repeatable
-    from cnntool.registry import get_registry
+    from cnntool.model.registry import get_registry
+    from cnntool.testing.kit import KernelIndexError, check_compiled, check_repeatable
 
     registry = registry or get_registry()
     name = config.get("type", "?")
@@ -527,7 +527,7 @@ def check_distribution(
     result naming the cause. With `isolate`, the checks run in a child process (as
     `cnntool plugin check` runs them), so that a layer crashing the process is a failed
     check."""
-    from cnntool.registry import conflict_message, describe, get_registry
+    from cnntool.model.registry import conflict_message, describe, get_registry
 
     registry = registry or get_registry()
     entries = registry.distribution_entries(distribution)
@@ -548,7 +548,7 @@ def check_distribution(
             results.append(CheckResult(entry.name, "load", False, message))
             continue
         if isolate:
-            from cnntool.kit import run_isolated
+            from cnntool.testing.kit import run_isolated
 
             found = run_isolated(examples, seed=seed, checks=checks)
             results += [CheckResult.from_dict(data) for data in found]
@@ -563,7 +563,7 @@ def no_layer_types_message(distribution: str, registry: Any) -> str:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import distribution as find_distribution
 
-    from cnntool.registry import BUILTIN_DISTRIBUTION, DISABLE_PLUGINS_ENV, GROUP, canonical
+    from cnntool.model.registry import BUILTIN_DISTRIBUTION, DISABLE_PLUGINS_ENV, GROUP, canonical
 
     try:
         found = find_distribution(distribution)

@@ -98,7 +98,7 @@ def save_bundle(net: Any, path: str | os.PathLike, meta: dict | None = None, opt
     """Write `net` (and optionally an optimizer's state, for resuming) to one bundle file,
     atomically. `meta` adds to the provenance cnntool records itself."""
     from cnntool import __version__
-    from cnntool.registry import get_registry
+    from cnntool.model.registry import get_registry
 
     registry = get_registry()
     types = sorted({layer.config.type for layer in net.layers})
@@ -506,9 +506,9 @@ def load_bundle_bytes(data: bytes, where: str = "<bytes>", registry: Any = None)
 def build_bundle(raw: RawBundle, registry: Any = None) -> Bundle:
     """Build a verified document into a network: layer types installed, spec valid, every
     array present with the shape the spec builds."""
-    from cnntool.network import Network
-    from cnntool.registry import get_registry
-    from cnntool.spec import validate_spec
+    from cnntool.model.network import Network
+    from cnntool.model.registry import get_registry
+    from cnntool.model.spec import validate_spec
 
     registry = registry or get_registry()
     where = str(raw.path)
@@ -520,7 +520,7 @@ def build_bundle(raw: RawBundle, registry: Any = None) -> Bundle:
         spec = validate_spec(raw.spec, registry)
     except CnntoolError as exc:
         raise BundleError(f"{where}: the stored spec is invalid: {exc}") from None
-    from cnntool.spec import plan_layers
+    from cnntool.model.spec import plan_layers
 
     # Shapes are checked before anything is allocated, then again on the built layers for
     # plugin layers that allocate in build() without declaring param_shapes().
@@ -568,7 +568,7 @@ def missing_layer_types(spec: dict, providers: dict, registry: Any) -> list[str]
             )
     problems[:0] = [missing_distribution(names, *provider) for provider, names in sorted(by_provider.items())]
     if problems and not getattr(registry, "load_plugins", True):
-        from cnntool.registry import DISABLE_PLUGINS_ENV
+        from cnntool.model.registry import DISABLE_PLUGINS_ENV
 
         problems.append(
             f"plugins are disabled ({DISABLE_PLUGINS_ENV} is set); unset it to load installed ones"

@@ -1,4 +1,4 @@
-"""Which path a network takes: compiled into one numba function per task (`cnntool.plan`),
+"""Which path a network takes: compiled into one numba function per task (`cnntool.compile.plan`),
 or layer by layer from Python, and when the latter, which layer forces it and what it costs.
 
 `cnntool train`, `cnntool inspect` and `cnntool warmup` report this (and carry it in `--json`),
@@ -22,9 +22,9 @@ FIX = "declare the layer's kernel calls (forward_calls/backward_calls, docs/plug
 def describe_execution(layers: list, registry: Any = None, *, use_plan: bool | None = None) -> dict[str, Any]:
     """{"compiled", "reason", "layer" ({index, name, type, provider} or None), "cost"}: how a
     network of these layers runs. `use_plan` false stands for CNNTOOL_FUSE=0."""
-    from cnntool.network import FUSE_ENV
-    from cnntool.plan import fallback
-    from cnntool.registry import get_registry
+    from cnntool.compile.plan import fallback
+    from cnntool.model.network import FUSE_ENV
+    from cnntool.model.registry import get_registry
 
     if use_plan is None:
         use_plan = os.environ.get(FUSE_ENV, "1").strip() != "0"
@@ -62,7 +62,7 @@ def describe_execution(layers: list, registry: Any = None, *, use_plan: bool | N
 def execution_line(execution: dict[str, Any]) -> str:
     """One line for people: 'compiled: ...' or 'layer by layer: <which layer>, <cost>; <fix>'."""
     if execution["compiled"]:
-        return "runs compiled: one numba function per task (cnntool.plan)"
+        return "runs compiled: one numba function per task (cnntool.compile.plan)"
     layer = execution["layer"]
     if layer is None:
         return f"runs layer by layer: {execution['reason']}; {execution['cost']}"

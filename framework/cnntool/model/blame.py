@@ -17,7 +17,7 @@ from cnntool.errors import CnntoolError, LayerError
 def provider_of(layer: Any) -> str | None:
     """'distribution==version' of a plugin layer's type; None for cnntool's own layers (and
     for types not known to the shared registry, such as test doubles)."""
-    from cnntool.registry import get_registry
+    from cnntool.model.registry import get_registry
 
     entry = get_registry().types.get(layer.config.type)
     if entry is None or entry.builtin:
@@ -35,7 +35,7 @@ def layer_failed(index: int, layer: Any, stage: str, exc: BaseException) -> Base
     provider = provider_of(layer)
     if provider is None or isinstance(exc, CnntoolError):
         return exc
-    from cnntool.registry import describe
+    from cnntool.model.registry import describe
 
     error = LayerError(
         f"{who(index, layer, provider)} failed in {stage}: {describe(exc)}; "
@@ -72,7 +72,7 @@ def compiled_failed(net: Any, task: str, exc: BaseException) -> BaseException:
     when none is named), `exc` itself for a network of cnntool's layers only."""
     if isinstance(exc, CnntoolError):
         return exc
-    from cnntool.registry import describe
+    from cnntool.model.registry import describe
 
     suspects = []
     text = str(exc)

@@ -63,7 +63,7 @@ class SweepSettings:
 
 
 def training_keys() -> list[str]:
-    from cnntool.spec import TrainingConfig
+    from cnntool.model.spec import TrainingConfig
 
     return [key for key in TrainingConfig.model_fields if key not in NOT_SWEPT]
 
@@ -150,8 +150,8 @@ def apply_config(spec: dict, config: dict) -> tuple[dict, dict]:
 def check_space(space: Any, spec: dict) -> None:
     """Refuse a search space that is malformed, names an unknown option or a path the spec
     lacks, or gives values the spec or the training options refuse."""
-    from cnntool.spec import TrainingConfig, validate_spec
-    from cnntool.training_run import merge_options
+    from cnntool.model.spec import TrainingConfig, validate_spec
+    from cnntool.training.run import merge_options
 
     if not isinstance(space, dict) or not space:
         raise SpecError('search space: expected a JSON object such as {"lr": {"loguniform": [0.001, 0.1]}}')
@@ -199,7 +199,7 @@ def run_trial(config: dict, settings: dict, trials_dir: str, threads: int) -> No
     continue from the bundle when Tune restarts the trial (a resumed sweep)."""
     from ray import tune
 
-    from cnntool.training_run import TrainingRun
+    from cnntool.training.run import TrainingRun
 
     trial_id = tune.get_context().get_trial_id()
     out = Path(trials_dir) / f"{trial_id}.cnnb"
@@ -279,8 +279,8 @@ def prepare(
     seed: int,
 ) -> SweepSettings:
     """Check everything before Ray starts, and write DIR/sweep.json."""
-    from cnntool.spec import validate_spec
-    from cnntool.training_run import TrainingRun
+    from cnntool.model.spec import validate_spec
+    from cnntool.training.run import TrainingRun
 
     if metric not in METRICS:
         raise CnntoolError(f"--metric must be one of {', '.join(METRICS)}; received {metric!r}")
@@ -329,7 +329,7 @@ def run_sweep(
     out_dir: Path, settings: SweepSettings, *, address: str | None, resume: bool, on_event: Any
 ) -> dict:
     """Run (or resume) the sweep on Ray Tune; return the leaderboard."""
-    from cnntool.inference_run import ray_cluster
+    from cnntool.inference.run import ray_cluster
 
     out_dir = out_dir.resolve()
     started = time.perf_counter()

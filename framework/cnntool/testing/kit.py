@@ -4,7 +4,7 @@
   results (a backward that accumulates into its gradients, `grad[c] += ...`, passes a
   gradient check, which calls it once, and then makes training collapse);
 - `check_compiled`: a layer that declares its kernel calls runs both ways, compiled into a
-  plan (`cnntool.plan`) and layer by layer, and the two agree in forward, backward, a
+  plan (`cnntool.compile.plan`) and layer by layer, and the two agree in forward, backward, a
   training step with an optimizer update, and with the batch cut across threads;
 - `bounds_checked(layer)`: the layer's own kernels re-compiled with numba's bounds checks,
   so that an index outside an array is an error naming the kernel and its arrays instead of
@@ -32,7 +32,7 @@ from cnntool.layers.base import Layer, Ref, Sync
 # fused kernels round once less), so they agree to float32 rounding, not bit for bit.
 RTOL = 1e-4
 ATOL = 1e-5
-# A batch that the plan cuts into two pieces of MIN_EXAMPLES_PER_THREAD (cnntool.network).
+# A batch that the plan cuts into two pieces of MIN_EXAMPLES_PER_THREAD (cnntool.model.network).
 SPLIT_BATCH = 16
 
 
@@ -239,7 +239,7 @@ def check_compiled(config: dict, input_shape: Any, *, seed: int = 0, registry: A
     forward (both modes), predictions, backward, a training step followed by an SGD update,
     and a training step on a batch cut across two threads. Returns why the check does not
     apply (a hand-written layer), or None."""
-    from cnntool.registry import get_registry
+    from cnntool.model.registry import get_registry
     from cnntool.testing import wrapping_spec
 
     registry = registry or get_registry()
@@ -280,7 +280,7 @@ def fusing_spec(config: dict, input_shape: Any, registry: Any) -> dict | None:
 def compare_paths(spec: dict, type_name: str, seed: int, registry: Any) -> None:
     """Run one spec compiled and layer by layer; AssertionError naming every disagreement."""
     from cnntool.errors import CnntoolError
-    from cnntool.network import Network
+    from cnntool.model.network import Network
 
     compiled = Network.from_spec(spec, seed=seed, registry=registry)
     plain = Network.from_spec(spec, seed=seed, registry=registry)
@@ -360,7 +360,7 @@ def train_step(
     compiled: Any, plain: Any, x: np.ndarray, labels: np.ndarray, run: Any, compare: Any, what: str
 ) -> None:
     """One training step and an SGD update both ways, comparing loss, gradients and weights."""
-    from cnntool.optim import SGD
+    from cnntool.training.optim import SGD
 
     a, b = run(lambda net: net.train_step(x, labels))
     compare(f"{what}: loss", a[0], b[0])
@@ -380,13 +380,13 @@ class threads:
         self.count = count
 
     def __enter__(self) -> None:
-        from cnntool import threads as settings
+        from cnntool.system import threads as settings
 
         self.previous = settings._configured
         settings.set_threads(self.count)
 
     def __exit__(self, *exc: Any) -> None:
-        from cnntool import threads as settings
+        from cnntool.system import threads as settings
 
         settings.set_threads(self.previous)
 
@@ -410,7 +410,7 @@ def first_line(exc: BaseException) -> str:
 
 CHILD = """
 import json, sys
-from cnntool.kit import child_main
+from cnntool.testing.kit import child_main
 child_main(json.loads(sys.stdin.read()))
 """
 
@@ -487,7 +487,7 @@ def run_isolated(
 
 
 def crash_result(config: dict, shape: Any, check: str, returncode: int, stderr: str) -> dict:
-    from cnntool.registry import get_registry
+    from cnntool.model.registry import get_registry
 
     try:
         provider = get_registry().provider(config.get("type", "?"))

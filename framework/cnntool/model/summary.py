@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from cnntool.errors import CnntoolError
-from cnntool.spec import INPUT
+from cnntool.model.spec import INPUT
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -39,11 +39,11 @@ def layer_rows(layers: list) -> list[dict[str, Any]]:
 
 def activation_memory(spec: Any, layers: list, registry: Any) -> dict[str, Any]:
     """Bytes of activations per example: compiled, an inference pass shares buffers whose
-    last reader has run (cnntool.plan), while training keeps all for the backward pass; run
+    last reader has run (cnntool.compile.plan), while training keeps all for the backward pass; run
     layer by layer, every layer keeps its own output either way."""
-    from cnntool.network import Network
-    from cnntool.plan import activation_memory as planned
-    from cnntool.plan import fusable
+    from cnntool.compile.plan import activation_memory as planned
+    from cnntool.compile.plan import fusable
+    from cnntool.model.network import Network
 
     if fusable(layers):
         return {"compiled": True, **planned(Network.build(spec, None, registry))}
@@ -57,9 +57,9 @@ def hyperparameters(config: dict) -> dict[str, Any]:
 
 def describe_spec(spec: Any, registry: Any = None) -> dict[str, Any]:
     """The summary of a validated spec."""
-    from cnntool.execution import describe_execution
-    from cnntool.registry import get_registry
-    from cnntool.spec import plan_layers
+    from cnntool.compile.execution import describe_execution
+    from cnntool.model.registry import get_registry
+    from cnntool.model.spec import plan_layers
 
     registry = registry or get_registry()
     layers = plan_layers(spec, registry)
@@ -85,8 +85,8 @@ def describe_bundle(raw: Any, registry: Any = None) -> dict[str, Any]:
     """The summary of a verified bundle document; if its layer types cannot be built here,
     the rows come from the stored spec and weights and `runnable` is false."""
     from cnntool.bundle import missing_layer_types
-    from cnntool.registry import get_registry
-    from cnntool.spec import validate_spec
+    from cnntool.model.registry import get_registry
+    from cnntool.model.spec import validate_spec
 
     registry = registry or get_registry()
     meta = raw.meta
@@ -236,7 +236,7 @@ def sparkline(values: list[float]) -> str:
 def describe_file(path: Any) -> dict[str, Any]:
     """Describe a spec (JSON) or a bundle, told apart by their first byte."""
     from cnntool.bundle import read_bundle
-    from cnntool.spec import is_spec_file, validate_spec
+    from cnntool.model.spec import is_spec_file, validate_spec
 
     if is_spec_file(path):
         return describe_spec(validate_spec(path))

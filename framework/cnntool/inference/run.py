@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cnntool.errors import CnntoolError, InputError
-from cnntool.network import MIN_EXAMPLES_PER_THREAD
+from cnntool.model.network import MIN_EXAMPLES_PER_THREAD
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 ARRAY_SUFFIXES = {".npy": "npy", ".npz": "npz"}
@@ -313,7 +313,7 @@ def ray_cluster(address: str | None) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    from cnntool.threads import available_cpus
+    from cnntool.system.threads import available_cpus
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
@@ -370,7 +370,7 @@ class RayTaskRunner:
         import ray
 
         from cnntool.bundle import load_bundle_bytes
-        from cnntool.threads import set_threads
+        from cnntool.system.threads import set_threads
 
         set_threads(threads)
         # The bundle's bytes are in Ray's object store, once for all workers; the reference
@@ -400,7 +400,7 @@ def run_on_ray(
     import time
 
     from cnntool.bundle import load_bundle
-    from cnntool.warmup import warm_up
+    from cnntool.inference.warmup import warm_up
 
     started = time.perf_counter()
     with ray_cluster(address) as ray:

@@ -100,7 +100,7 @@ def classification_report(bundle: Any, dataset: Any) -> dict[str, Any]:
     """Loss, accuracy, per-class precision/recall/F1, their averages, the confusion matrix and
     the most frequent mistakes of a bundle on the test split of a dataset, with the bundle's
     recorded preprocessing."""
-    from cnntool.train import evaluate
+    from cnntool.training.loop import evaluate
 
     net = bundle.network
     check_dataset_fits(net, dataset)

@@ -11,7 +11,7 @@ the logits that feed it (see `Network.head`).
 
 All parameters live in one flat float32 array (`flat_params`; `layer.params[...]` are views
 into it), and so do their gradients and the layers' state. When every layer declares its
-kernel calls, the network is compiled into one numba function per task (`cnntool.plan`);
+kernel calls, the network is compiled into one numba function per task (`cnntool.compile.plan`);
 otherwise it runs layer by layer. Both give the same results.
 """
 
@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from cnntool.blame import check_result, compiled_failed, layer_failed
 from cnntool.errors import CnntoolError, InputError
 from cnntool.layers.base import Layer, Shape
-from cnntool.spec import plan_layers, validate_spec
-from cnntool.threads import ensure_threads, run_parallel, use_blas_threads
+from cnntool.model.blame import check_result, compiled_failed, layer_failed
+from cnntool.model.spec import plan_layers, validate_spec
+from cnntool.system.threads import ensure_threads, run_parallel, use_blas_threads
 
 FUSE_ENV = "CNNTOOL_FUSE"
 # Below this many examples per thread, splitting a batch across threads costs more than it saves.
@@ -127,7 +127,7 @@ class Network:
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per layer: name, type, output shape, parameter count, FLOPs per example."""
-        from cnntool.summary import layer_rows
+        from cnntool.model.summary import layer_rows
 
         return layer_rows(self.layers)
 
@@ -135,22 +135,22 @@ class Network:
     def plan(self) -> Any:
         """The compiled plan, or None when some layer runs only layer by layer."""
         if not self._plan_checked:
-            from cnntool.plan import Plan, fusable
+            from cnntool.compile.plan import Plan, fusable
 
             self._plan_checked = True
             if self.use_plan and fusable(self.layers):
                 try:
                     self._plan = Plan(self)
                 except Exception as exc:
-                    from cnntool.blame import compiled_failed
+                    from cnntool.model.blame import compiled_failed
 
                     raise compiled_failed(self, "compiling", exc) from exc
         return self._plan
 
     def execution(self, registry: Any = None) -> dict[str, Any]:
         """Whether the network runs compiled, and if not which layer forces layer by layer and
-        what it costs (cnntool.execution)."""
-        from cnntool.execution import describe_execution
+        what it costs (cnntool.compile.execution)."""
+        from cnntool.compile.execution import describe_execution
 
         return describe_execution(self.layers, registry, use_plan=self.use_plan)
 
@@ -423,7 +423,7 @@ def consolidate(layers: list[Layer], attribute: str) -> tuple[np.ndarray, dict[s
     """Move every array of `layer.<attribute>` into one flat float32 array (each start
     64-byte aligned) and put views of it back in their place; return the flat array and
     each key's (offset, shape)."""
-    from cnntool.plan import align, aligned_zeros
+    from cnntool.compile.plan import align, aligned_zeros
 
     entries = [(layer, key, value) for layer in layers for key, value in getattr(layer, attribute).items()]
     flat = aligned_zeros(sum(align(value.size) for _, _, value in entries))
