@@ -175,7 +175,7 @@ def test_a_network_says_which_layer_keeps_it_from_compiling(registry):
     assert (
         execution["reason"] == "ByHand writes forward/backward by hand (forward_calls(training=True) is None)"
     )
-    from cnntool.compile.execution import execution_line
+    from cnntool.model.execution import execution_line
 
     assert execution_line(execution).startswith(
         "runs layer by layer because of layer 1 (by_hand_1, type 'by_hand' from cnntool-softsign==0.2.0): "

@@ -237,7 +237,7 @@ def test_mutated_specs_give_only_spec_errors(draw, seed_spec_path):
         validated = validate_spec(json.dumps(spec, allow_nan=True) if draw.draw(st.booleans()) else spec)
     except SpecError:
         return
-    from cnntool.model.summary import describe_spec
+    from cnntool.inference.inspect import spec_summary
 
-    if describe_spec(validated)["total_params"] < 200_000:
+    if spec_summary(validated)["total_params"] < 200_000:
         cnntool.Network.from_spec(validated, seed=0)

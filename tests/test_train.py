@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import cnntool
 from cnntool.cli import app
 from cnntool.errors import CnntoolError, SpecError
-from cnntool.model.summary import sparkline
+from cnntool.inference.inspect import sparkline
 from cnntool.training.loop import EarlyStopping, fit
 from cnntool.training.run import TrainingRun
 from cnntool.training.schedules import Cosine, ReduceOnPlateau, Schedule, StepDecay

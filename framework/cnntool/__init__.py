@@ -38,7 +38,7 @@ _LAZY = {
     "validate_spec": "cnntool.model.spec",
     "load_dataset": "cnntool.data",
     "fit": "cnntool.training.loop",
-    "evaluate": "cnntool.training.loop",
+    "evaluate": "cnntool.inference.evaluate",
     "set_threads": "cnntool.system.threads",
     "get_registry": "cnntool.model.registry",
     "Layer": "cnntool.layers.base",

@@ -6,6 +6,7 @@ expected and what was found, and when there is one, the fix.
 
 import os
 from pathlib import Path
+from typing import Any
 
 
 class CnntoolError(Exception):
@@ -48,3 +49,25 @@ def checked_path(source: str | os.PathLike, error: type[CnntoolError]) -> Path:
 class LayerError(PluginError):
     """A plugin's layer failed while a network ran (training, inference, serving): the
     message names the layer, its type and the distribution (and version) providing it."""
+
+
+# --- values and exceptions inside messages -------------------------------------------------------
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """repr(value) cut to `limit` characters (ending in '...'): how a message quotes a value it
+    received, so that a huge or hostile input cannot flood the terminal. Tuples show as lists,
+    as JSON spelled them."""
+    text = repr(list(value) if isinstance(value, tuple) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def exception_text(exc: BaseException, limit: int | None = 160, *, with_type: bool = False) -> str:
+    """An exception's message on one line (whitespace collapsed, cut to `limit` characters),
+    its type's name if it has none; `with_type` prefixes 'ExceptionType: ', for a cause raised
+    by someone else's code (a plugin, a library)."""
+    text = " ".join(str(exc).split())
+    if with_type:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    text = text or type(exc).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

@@ -36,7 +36,12 @@ from typing import Any, BinaryIO
 import msgpack
 import numpy as np
 
-from cnntool.errors import BundleError, CnntoolError, checked_path
+from cnntool import __version__
+from cnntool.data import DEFAULT_PREPROCESSING
+from cnntool.errors import BundleError, CnntoolError, checked_path, exception_text, short_repr
+from cnntool.model.network import Network
+from cnntool.model.registry import DISABLE_PLUGINS_ENV, get_registry
+from cnntool.model.spec import plan_layers, validate_spec
 
 FORMAT = "cnntool.bundle"
 FORMAT_VERSION = 1
@@ -86,7 +91,6 @@ class Bundle:
 
     @property
     def preprocessing(self) -> dict:
-        from cnntool.data import DEFAULT_PREPROCESSING
 
         return dict(self.meta.get("preprocessing") or DEFAULT_PREPROCESSING)
 
@@ -97,8 +101,6 @@ class Bundle:
 def save_bundle(net: Any, path: str | os.PathLike, meta: dict | None = None, optimizer: Any = None) -> Path:
     """Write `net` (and optionally an optimizer's state, for resuming) to one bundle file,
     atomically. `meta` adds to the provenance cnntool records itself."""
-    from cnntool import __version__
-    from cnntool.model.registry import get_registry
 
     registry = get_registry()
     types = sorted({layer.config.type for layer in net.layers})
@@ -308,18 +310,18 @@ def parse_bundle(data: bytes, where: str = "<bytes>") -> RawBundle:
                 **SECTION_LIMITS[key],
             )
         except Exception as exc:
-            raise BundleError(f"{where}: section {key!r} is malformed: {describe(exc)}") from None
+            raise BundleError(f"{where}: section {key!r} is malformed: {exception_text(exc)}") from None
         check_depth(value, f"{where}: section {key!r}")
         return value
 
     fmt = section("format")
     if fmt != FORMAT:
-        raise BundleError(f"{where}: not a cnntool bundle (format is {short(fmt)}, expected {FORMAT!r})")
+        raise BundleError(f"{where}: not a cnntool bundle (format is {short_repr(fmt)}, expected {FORMAT!r})")
     version = section("format_version")
     low, high = SUPPORTED_VERSIONS
     if not isinstance(version, int) or isinstance(version, bool) or not low <= version <= high:
         raise BundleError(
-            f"{where}: format_version {short(version)} is not supported; this cnntool reads versions "
+            f"{where}: format_version {short_repr(version)} is not supported; this cnntool reads versions "
             f"{low} to {high} (upgrade cnntool to read newer bundles)"
         )
     checksum = section("checksum")
@@ -328,7 +330,7 @@ def parse_bundle(data: bytes, where: str = "<bytes>") -> RawBundle:
     actual = "sha256:" + hashlib.sha256(view[body_start:body_end]).hexdigest()
     if checksum != actual:
         raise BundleError(
-            f"{where}: checksum mismatch (stored {short(checksum)}, computed {actual[:19]}...): "
+            f"{where}: checksum mismatch (stored {short_repr(checksum)}, computed {actual[:19]}...): "
             "the file is damaged or was changed after it was written"
         )
     spec = section("spec")
@@ -357,7 +359,7 @@ def section_offsets(data: bytes, where: str) -> dict[str, tuple[int, int]]:
         count = unpacker.read_map_header()
     except Exception as exc:
         raise BundleError(
-            f"{where}: not a cnntool bundle (expected a msgpack map: {describe(exc)})"
+            f"{where}: not a cnntool bundle (expected a msgpack map: {exception_text(exc)})"
         ) from None
     if count > 64:
         raise BundleError(f"{where}: top-level map has {count} entries; expected {len(TOP_KEYS)}")
@@ -368,7 +370,7 @@ def section_offsets(data: bytes, where: str) -> dict[str, tuple[int, int]]:
             key = unpacker.unpack()
             if not isinstance(key, str) or len(key) > 64:
                 raise BundleError(
-                    f"{where}: not a cnntool bundle (top-level key {short(key)} is not a section name)"
+                    f"{where}: not a cnntool bundle (top-level key {short_repr(key)} is not a section name)"
                 )
             start = unpacker.tell()
             unpacker.skip()
@@ -382,7 +384,7 @@ def section_offsets(data: bytes, where: str) -> dict[str, tuple[int, int]]:
     except msgpack.OutOfData:
         raise BundleError(f"{where}: file is truncated (ends in the middle of an entry)") from None
     except Exception as exc:
-        raise BundleError(f"{where}: not a valid msgpack document: {describe(exc)}") from None
+        raise BundleError(f"{where}: not a valid msgpack document: {exception_text(exc)}") from None
     if unpacker.tell() != len(data):
         raise BundleError(f"{where}: {len(data) - unpacker.tell()} unexpected bytes after the bundle")
     missing = [key for key in TOP_KEYS if key not in offsets]
@@ -425,14 +427,16 @@ def decode_tensor(record: Any, where: str) -> np.ndarray:
     dtype, shape, data = record["dtype"], record["shape"], record["data"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise BundleError(
-            f"{where}: dtype {short(dtype)} is not allowed; expected one of {', '.join(DTYPES)}"
+            f"{where}: dtype {short_repr(dtype)} is not allowed; expected one of {', '.join(DTYPES)}"
         )
     if (
         not isinstance(shape, list)
         or len(shape) > MAX_DIMS
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
-        raise BundleError(f"{where}: shape {short(shape)} is not a list of at most {MAX_DIMS} sizes >= 0")
+        raise BundleError(
+            f"{where}: shape {short_repr(shape)} is not a list of at most {MAX_DIMS} sizes, >= 0"
+        )
     if not isinstance(data, bytes):
         raise BundleError(f"{where}: data must be binary, found {type(data).__name__}")
     expected = math.prod(shape) * DTYPES[dtype].itemsize
@@ -478,19 +482,9 @@ def check_depth(value: Any, where: str) -> None:
             stack.extend((v, depth + 1) for v in item)
 
 
-def describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 def stored_digest(value: Any) -> str:
     """A stored digest for a message: the start of the text, as the computed one is shown."""
-    return f"{value[:19]}..." if isinstance(value, str) and len(value) > 19 else short(value)
-
-
-def short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return f"{value[:19]}..." if isinstance(value, str) and len(value) > 19 else short_repr(value)
 
 
 def load_bundle(path: str | os.PathLike, registry: Any = None) -> Bundle:
@@ -506,9 +500,6 @@ def load_bundle_bytes(data: bytes, where: str = "<bytes>", registry: Any = None)
 def build_bundle(raw: RawBundle, registry: Any = None) -> Bundle:
     """Build a verified document into a network: layer types installed, spec valid, every
     array present with the shape the spec builds."""
-    from cnntool.model.network import Network
-    from cnntool.model.registry import get_registry
-    from cnntool.model.spec import validate_spec
 
     registry = registry or get_registry()
     where = str(raw.path)
@@ -520,7 +511,6 @@ def build_bundle(raw: RawBundle, registry: Any = None) -> Bundle:
         spec = validate_spec(raw.spec, registry)
     except CnntoolError as exc:
         raise BundleError(f"{where}: the stored spec is invalid: {exc}") from None
-    from cnntool.model.spec import plan_layers
 
     # Shapes are checked before anything is allocated, then again on the built layers for
     # plugin layers that allocate in build() without declaring param_shapes().
@@ -568,8 +558,6 @@ def missing_layer_types(spec: dict, providers: dict, registry: Any) -> list[str]
             )
     problems[:0] = [missing_distribution(names, *provider) for provider, names in sorted(by_provider.items())]
     if problems and not getattr(registry, "load_plugins", True):
-        from cnntool.model.registry import DISABLE_PLUGINS_ENV
-
         problems.append(
             f"plugins are disabled ({DISABLE_PLUGINS_ENV} is set); unset it to load installed ones"
         )

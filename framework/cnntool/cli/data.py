@@ -59,7 +59,7 @@ def info(
         if find_local(NAMED[source]) is None:
             print_info(record, json_output)
             return
-    record.update(describe(load_dataset(source)))
+    record.update(dataset_summary(load_dataset(source)))
     print_info(record, json_output)
 
 
@@ -144,7 +144,7 @@ def catalog_details(name: str) -> dict[str, Any]:
     }
 
 
-def describe(dataset: Any) -> dict[str, Any]:
+def dataset_summary(dataset: Any) -> dict[str, Any]:
     """What was loaded: sizes, shape, pixel type, classes with counts, provenance."""
     import numpy as np
 

@@ -19,9 +19,9 @@ def inspect(
 ) -> None:
     """Show layers, the layers each reads, output shapes, parameters, FLOPs, providers and
     training history."""
-    from cnntool.model.summary import describe_file, dot_graph
+    from cnntool.inference.inspect import dot_graph, file_summary
 
-    info = describe_file(file)
+    info = file_summary(file)
     if dot:
         typer.echo(dot_graph(info), nl=False)
     elif json_output:
@@ -34,7 +34,7 @@ def render(info: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from cnntool.model.summary import is_graph, sparkline
+    from cnntool.inference.inspect import is_graph, sparkline
 
     console = Console(highlight=False)
     title = f"{info['kind']} {info['name']!r}  input {tuple(info['input_shape'] or ())}"
@@ -70,7 +70,7 @@ def render(info: dict[str, Any]) -> None:
     for problem in info.get("problems", []):
         console.print(f"cannot run here: {problem}")
     if info.get("execution") is not None:
-        from cnntool.compile.execution import execution_line
+        from cnntool.model.execution import execution_line
 
         console.print(execution_line(info["execution"]))
     if info["kind"] != "bundle":

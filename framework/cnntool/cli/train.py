@@ -223,7 +223,7 @@ def train(
     state = run.trainer.state
     options = run.options
     schedule = "" if options.lr_schedule == "constant" else f" ({options.lr_schedule} schedule)"
-    from cnntool.compile.execution import execution_line
+    from cnntool.model.execution import execution_line
 
     execution = run.net.execution()
     note(

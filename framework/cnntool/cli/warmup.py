@@ -33,7 +33,7 @@ def warmup(
             {"seconds": total, "steps": timings, "compiled": net.plan is not None, "execution": execution}
         )
     else:
-        from cnntool.compile.execution import execution_line
+        from cnntool.model.execution import execution_line
 
         mode = "compiled plan" if net.plan is not None else "layer by layer"
         note(f"warmed up {net.name!r} ({mode}) in {total:.1f} s")

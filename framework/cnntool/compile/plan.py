@@ -37,6 +37,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+import cnntool.kernels
+from cnntool.kernels.activation import softmax_forward as kernel
+from cnntool.kernels.loss import argmax_rows, softmax_cross_entropy
+from cnntool.kernels.merge import add_forward, add_into
 from cnntool.layers.base import Array, Layer, Ref, Sync, kernel_parameters
 from cnntool.layers.epilogue import Epilogue
 
@@ -48,6 +52,7 @@ NEXT_OUT = Ref("next_buf", "out", 1)
 SYNC_MARK = "# sync "
 
 CACHE_ENV = "CNNTOOL_CACHE_DIR"
+FUSE_ENV = "CNNTOOL_FUSE"  # 0: run every network layer by layer (model.network)
 ALIGN = 16  # floats: keeps every array 64-byte aligned
 # The arrays a plan function may take after its own arguments, in this order.
 POOLS = (
@@ -336,7 +341,6 @@ class Generator:
         -1): the one term, or the sum of the terms of every layer that reads it."""
         if len(terms) == 1:
             return terms[0]
-        from cnntool.kernels.merge import add_forward, add_into
 
         total = self.number("sum", index, "")
         if total not in self.layout.slots:
@@ -642,7 +646,6 @@ def real_text(value: Any, element: str) -> str:
 
 def kernel_sources_digest(kernels: dict) -> str:
     """sha256 of the source files of cnntool's kernels and of every module a kernel comes from."""
-    import cnntool.kernels
 
     files = {
         Path(module.__file__) for module in (sys.modules[k.__module__] for k in kernels) if module.__file__
@@ -655,19 +658,16 @@ def kernel_sources_digest(kernels: dict) -> str:
 
 
 def softmax_forward() -> Any:
-    from cnntool.kernels.activation import softmax_forward as kernel
 
     return kernel
 
 
 def loss_kernel() -> Any:
-    from cnntool.kernels.loss import softmax_cross_entropy
 
     return softmax_cross_entropy
 
 
 def argmax_kernel() -> Any:
-    from cnntool.kernels.loss import argmax_rows
 
     return argmax_rows
 

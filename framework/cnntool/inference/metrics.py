@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from cnntool.errors import DataError
+from cnntool.inference.evaluate import evaluate
 
 TOP_CONFUSIONS = 10
 
@@ -100,8 +101,6 @@ def classification_report(bundle: Any, dataset: Any) -> dict[str, Any]:
     """Loss, accuracy, per-class precision/recall/F1, their averages, the confusion matrix and
     the most frequent mistakes of a bundle on the test split of a dataset, with the bundle's
     recorded preprocessing."""
-    from cnntool.training.loop import evaluate
-
     net = bundle.network
     check_dataset_fits(net, dataset)
     if len(dataset.x_test) == 0:

@@ -7,10 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from cnntool.data import preprocess
+from cnntool.errors import InputError
+from cnntool.inference.run import make_tasks, run_here
+
 
 def predict_raw(net: Any, x: np.ndarray, preprocessing: dict) -> np.ndarray:
     """Probabilities (N, classes) for raw inputs: uint8 pixels or float arrays (N, C, H, W)."""
-    from cnntool.data import preprocess
 
     return net.predict_proba(preprocess(x, preprocessing))
 
@@ -47,8 +50,6 @@ def predict_files(bundle: Any, paths: list[Path], top_k: int = 3) -> list[dict[s
     """One record per example of every file (an image is one example, an array may hold many;
     a folder is searched recursively for images), in order; each names its file as `input`
     (and `item` for an array). The first input that cannot be read raises its InputError."""
-    from cnntool.errors import InputError
-    from cnntool.inference.run import make_tasks, run_here
 
     net = bundle.network
     records = []

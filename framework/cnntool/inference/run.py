@@ -29,8 +29,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from cnntool.errors import CnntoolError, InputError
+from cnntool.bundle import atomic_file, load_bundle, load_bundle_bytes
+from cnntool.data import load_input_file, preprocess
+from cnntool.data.idx import IMAGES_NDIM, read_idx
+from cnntool.data.images import input_batch
+from cnntool.data.npz import read_npy
+from cnntool.errors import CnntoolError, InputError, checked_path
+from cnntool.inference.warmup import warm_up
 from cnntool.model.network import MIN_EXAMPLES_PER_THREAD
+from cnntool.system.threads import available_cpus, set_threads
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 ARRAY_SUFFIXES = {".npy": "npy", ".npz": "npz"}
@@ -177,7 +184,6 @@ class InputReader:
         self.cached: tuple[str, np.ndarray | CnntoolError] | None = None
 
     def model_input(self, piece: Piece) -> np.ndarray:
-        from cnntool.data import preprocess
 
         if self.cached is None or self.cached[0] != piece.input:
             try:
@@ -195,11 +201,6 @@ class InputReader:
 
     def load(self, piece: Piece) -> np.ndarray:
         """The whole input as a batch (N, C, H, W), uint8 or float32, its values checked."""
-        from cnntool.data import load_input_file
-        from cnntool.data.idx import IMAGES_NDIM, read_idx
-        from cnntool.data.images import input_batch
-        from cnntool.data.npz import read_npy
-        from cnntool.errors import checked_path
 
         path = checked_path(piece.input, InputError)
         if piece.kind == "empty folder":
@@ -313,7 +314,6 @@ def ray_cluster(address: str | None) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    from cnntool.system.threads import available_cpus
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
@@ -369,9 +369,6 @@ class RayTaskRunner:
     def __init__(self, bundle: list, threads: int) -> None:
         import ray
 
-        from cnntool.bundle import load_bundle_bytes
-        from cnntool.system.threads import set_threads
-
         set_threads(threads)
         # The bundle's bytes are in Ray's object store, once for all workers; the reference
         # comes inside a list so that Ray hands it over as it is.
@@ -398,9 +395,6 @@ def run_on_ray(
     cache is warmed here first, so the workers load compiled kernels instead of compiling.
     `on_ready` is told, in words, the cluster and the pool once Ray is up."""
     import time
-
-    from cnntool.bundle import load_bundle
-    from cnntool.inference.warmup import warm_up
 
     started = time.perf_counter()
     with ray_cluster(address) as ray:
@@ -456,7 +450,6 @@ def output_format(out: Path) -> str:
 def row_writer(out: Path, classes: list[str]) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
     """A function writing rows to `out` (.jsonl, .csv or .parquet), which appears, complete,
     only when the block ends without error."""
-    from cnntool.bundle import atomic_file
 
     kind = output_format(out)
     with atomic_file(out) as handle:

@@ -9,15 +9,16 @@ from typing import Any
 
 import numpy as np
 
+from cnntool.bundle import load_bundle
+from cnntool.model.network import Network
+from cnntool.model.spec import is_spec_file
+from cnntool.system.threads import ensure_threads
+
 
 def load_network(source: Any) -> Any:
     """A network from a spec (JSON file, text or dict) or from a bundle file."""
-    from cnntool.model.network import Network
-    from cnntool.model.spec import is_spec_file
 
     if isinstance(source, (str, Path)) and Path(source).is_file() and not is_spec_file(source):
-        from cnntool.bundle import load_bundle
-
         return load_bundle(source).network
     return Network.from_spec(source)
 
@@ -25,7 +26,6 @@ def load_network(source: Any) -> Any:
 def warm_up(net: Any, batch_size: int = 32) -> dict[str, float]:
     """Train, evaluate and predict once on zeros at batch size 1 and `batch_size`; returns
     the seconds each took (the first is the compile, or the cache load)."""
-    from cnntool.system.threads import ensure_threads
 
     ensure_threads()
     timings = {}
@@ -41,7 +41,6 @@ def compile_for_training(net: Any, optimizer: Any, batch_size: int) -> None:
     `evaluate` on a batch of zeros, and the optimizer's update; the network and the
     optimizer are left as they were (weights, batch statistics, dropout step, slots, step
     count; gradients zeroed)."""
-    from cnntool.system.threads import ensure_threads
 
     ensure_threads()
     random, params, state = net.random.copy(), net.flat_params.copy(), net.flat_state.copy()

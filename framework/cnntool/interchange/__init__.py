@@ -17,7 +17,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from cnntool.bundle import load_bundle
+from cnntool.errors import InterchangeError
 from cnntool.interchange.common import file_format
+from cnntool.interchange.onnx_export import export_onnx
+from cnntool.interchange.onnx_import import import_onnx
+from cnntool.interchange.safetensors_io import export_safetensors, import_safetensors
 
 __all__ = ["export_file", "import_file"]
 
@@ -27,18 +32,13 @@ def export_file(
 ) -> dict:
     """Write a bundle's network as ONNX or its weights as safetensors (by `out`'s suffix, or
     `fmt`); return what was written."""
-    from cnntool.bundle import load_bundle
-    from cnntool.errors import InterchangeError
 
     fmt = file_format(out, fmt)
     if softmax and fmt != "onnx":
         raise InterchangeError("--softmax adds an ONNX output; safetensors files hold weights only")
     bundle = load_bundle(bundle_path)
     if fmt == "onnx":
-        from cnntool.interchange.onnx_export import export_onnx
-
         return export_onnx(bundle, out, softmax=softmax)
-    from cnntool.interchange.safetensors_io import export_safetensors
 
     return export_safetensors(bundle, out)
 
@@ -54,15 +54,12 @@ def import_file(
 ) -> dict:
     """Make a bundle at `out` from an ONNX model, or from a safetensors file of weights and a
     spec (`spec`, or the one in the file's metadata); return what was done."""
-    from cnntool.errors import InterchangeError
 
     fmt = file_format(source, fmt)
     if fmt == "onnx":
         if spec is not None:
             raise InterchangeError("--spec is for safetensors; an ONNX model carries its own network")
-        from cnntool.interchange.onnx_import import import_onnx
 
         return import_onnx(source, out, classes=classes, preprocessing=preprocessing)
-    from cnntool.interchange.safetensors_io import import_safetensors
 
     return import_safetensors(source, out, spec=spec, classes=classes, preprocessing=preprocessing)

@@ -15,7 +15,12 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cnntool import __version__
+from cnntool.bundle import RawBundle, check_arrays, max_bundle_bytes, save_bundle
+from cnntool.bundle import read_limited as read_file
 from cnntool.errors import CnntoolError, InterchangeError, checked_path
+from cnntool.model.network import Network
+from cnntool.model.spec import validate_spec
 
 INSTALL_HINT = "pip install 'cnntool[onnx]'"
 FORMATS = {".onnx": "onnx", ".safetensors": "safetensors"}
@@ -62,7 +67,6 @@ def file_format(path: str | os.PathLike, given: str | None) -> str:
 def read_limited(path: str | os.PathLike, what: str) -> bytes:
     """The bytes of a regular, non-empty file no larger than the bundle limit, checked before
     reading (the bundle reader's own check)."""
-    from cnntool.bundle import read_limited as read_file
 
     data = read_file(path, InterchangeError, what)
     if not data:
@@ -73,7 +77,6 @@ def read_limited(path: str | os.PathLike, what: str) -> bytes:
 def check_array_size(shape: Any, itemsize: int, where: str) -> tuple[int, ...]:
     """A shape as ints, refused when it has too many axes, a negative size, or more bytes than
     a file may hold: checked with Python integers before anything is allocated."""
-    from cnntool.bundle import max_bundle_bytes
 
     dims = tuple(int(d) for d in shape)
     if len(dims) > MAX_DIMS or any(d < 0 for d in dims):
@@ -92,7 +95,6 @@ def sha256_of(data: bytes) -> str:
 
 def bundle_metadata(bundle: Any) -> dict[str, str]:
     """The spec, classes, preprocessing and provenance of a bundle, as string pairs."""
-    from cnntool import __version__
 
     net = bundle.network
     return {
@@ -162,9 +164,6 @@ def build_network(
 ) -> Any:
     """Validate the spec, build its network and load the arrays, after checking that they are
     exactly what the spec builds (every mismatch named at once, as the bundle reader does)."""
-    from cnntool.bundle import RawBundle, check_arrays
-    from cnntool.model.network import Network
-    from cnntool.model.spec import validate_spec
 
     try:
         valid = validate_spec(spec)
@@ -186,6 +185,5 @@ def build_network(
 
 def write_imported(net: Any, out: str | os.PathLike, meta: dict) -> Path:
     """Save an imported network through the bundle writer (atomic, with provenance)."""
-    from cnntool.bundle import save_bundle
 
     return save_bundle(net, out, meta=meta)

@@ -1,13 +1,13 @@
 """ONNX out: a bundle's network as an inference graph that onnxruntime, Netron or TensorRT run.
 
-Each layer lowers itself (`Layer.onnx_nodes`) into an `OnnxBuilder` bound to it: the builder
-names the layer's nodes after the layer and its weights `<layer>.<param>`, so the graph
-reads like the spec. The graph's input is `input` (batch, C, H, W) with a symbolic batch
-dimension, its output what `Network.forward` returns (`logits`, or `probabilities` for a
-network ending with softmax); `softmax=True` adds a `probabilities` output beside the logits.
-Opset 17 with an explicit IR version, and the spec, classes, preprocessing and provenance in
-`metadata_props`. The model must pass `onnx.checker.check_model(full_check=True)` before it is
-written (atomically).
+Each layer lowers itself (`Layer.onnx_nodes`, the `cnntool.layers.base.OnnxBuilder` protocol)
+into a `LayerNodes` bound to it: the builder names the layer's nodes after the layer and its
+weights `<layer>.<param>`, so the graph reads like the spec. The graph's input is `input`
+(batch, C, H, W) with a symbolic batch dimension, its output what `Network.forward` returns
+(`logits`, or `probabilities` for a network ending with softmax); `softmax=True` adds a
+`probabilities` output beside the logits. Opset 17 with an explicit IR version, and the spec,
+classes, preprocessing and provenance in `metadata_props`. The model must pass
+`onnx.checker.check_model(full_check=True)` before it is written (atomically).
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from cnntool import __version__
+from cnntool.bundle import atomic_write
 from cnntool.errors import InterchangeError
 from cnntool.interchange.common import bundle_metadata, require
 from cnntool.layers.base import Layer
+from cnntool.model.registry import get_registry
 
 OPSET = 17
 # IR version 8 is the one of ONNX 1.12, the release that brought opset 17; every onnxruntime
@@ -31,7 +34,7 @@ LOGITS = "logits"
 PROBABILITIES = "probabilities"
 
 
-class OnnxBuilder:
+class LayerNodes:
     """What a layer's `onnx_nodes(onnx, inputs)` writes into, bound to that layer:
 
         def onnx_nodes(self, onnx, inputs):
@@ -110,7 +113,6 @@ def has_onnx_lowering(layer: Layer) -> bool:
 
 def missing_lowerings(net: Any, providers: dict[str, str]) -> list[str]:
     """A description of every layer that cannot be lowered, with the distribution to ask."""
-    from cnntool.model.registry import get_registry
 
     registry = get_registry()
     found = []
@@ -138,7 +140,7 @@ def onnx_model(bundle: Any, *, softmax: bool = False) -> Any:
     outputs = {-1: INPUT}
     for index, layer in enumerate(net.layers):
         inputs = [outputs[source] for source in layer.sources]
-        result = layer.onnx_nodes(OnnxBuilder(graph, layer), inputs)
+        result = layer.onnx_nodes(LayerNodes(graph, layer), inputs)
         if not isinstance(result, str):
             raise InterchangeError(
                 f"layer {layer.name!r} ({layer.config.type}): onnx_nodes returned {type(result).__name__}, "
@@ -164,7 +166,6 @@ def onnx_model(bundle: Any, *, softmax: bool = False) -> Any:
         initializer=graph.initializers,
         doc_string=f"cnntool network {net.name!r} from {bundle.path.name}",
     )
-    from cnntool import __version__
 
     model = onnx.helper.make_model(
         onnx_graph,
@@ -186,7 +187,6 @@ def onnx_model(bundle: Any, *, softmax: bool = False) -> Any:
 
 def export_onnx(bundle: Any, out: str | os.PathLike, *, softmax: bool = False) -> dict:
     """Write a loaded bundle's network to `out` as ONNX; return what was written."""
-    from cnntool.bundle import atomic_write
 
     model = onnx_model(bundle, softmax=softmax)
     data = model.SerializeToString()

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from cnntool.errors import CnntoolError, InterchangeError, checked_path
+from cnntool.bundle import model_digest
+from cnntool.errors import CnntoolError, InterchangeError, checked_path, exception_text
 from cnntool.interchange.common import (
     META_CLASSES,
     META_PREPROCESSING,
@@ -48,7 +49,8 @@ from cnntool.interchange.common import (
     sha256_of,
     write_imported,
 )
-from cnntool.layers.base import padding_sides
+from cnntool.layers.base import ShapeError, padding_sides
+from cnntool.model.registry import get_registry
 
 MIN_OPSET = 13
 MAX_NODES = 100_000
@@ -114,7 +116,8 @@ def read_onnx(path: str | os.PathLike) -> OnnxFile:
     try:
         model = onnx.load_model_from_string(data)
     except Exception as exc:
-        raise InterchangeError(f"{where}: not an ONNX model (it does not parse: {describe(exc)})") from None
+        cause = exception_text(exc)
+        raise InterchangeError(f"{where}: not an ONNX model (it does not parse: {cause})") from None
     if not model.HasField("graph") or not model.graph.node:
         raise InterchangeError(f"{where}: not an ONNX model (it holds no graph with nodes)")
     opsets = {entry.domain: entry.version for entry in model.opset_import}
@@ -151,7 +154,6 @@ def import_onnx(
     preprocessing: Any = None,
 ) -> dict:
     """Convert an ONNX file into a bundle written to `out`; return what was done."""
-    from cnntool.bundle import model_digest
 
     source = read_onnx(path)
     where = str(source.path)
@@ -190,7 +192,6 @@ class Converter:
     """One ONNX graph into a spec, weights and state (see the module docs)."""
 
     def __init__(self, source: OnnxFile) -> None:
-        from cnntool.model.registry import get_registry
 
         self.onnx = require("onnx")
         self.source = source
@@ -317,7 +318,7 @@ class Converter:
             self.problems.append(f"{label}: {exc}")
             self.unknown.update(node.output)
         except Exception as exc:  # a malformed node of a stranger's file
-            self.problems.append(f"{label}: malformed ({describe(exc)})")
+            self.problems.append(f"{label}: malformed ({exception_text(exc)})")
             self.unknown.update(node.output)
 
     # --- reading inputs --------------------------------------------------------------------
@@ -429,8 +430,6 @@ class Converter:
     ) -> Value:  # fmt: skip
         """A layer for `node` reading `inputs`: named, its shape inferred by its own class."""
         from pydantic import ValidationError
-
-        from cnntool.layers.base import ShapeError
 
         kind = config["type"]
         weight = node.input[1] if params and len(node.input) > 1 else ""
@@ -792,8 +791,3 @@ def sanitize(text: str) -> str:
 
 def shape_text(value: Value) -> str:
     return "C, 1, 1" if value.squeezed else ", ".join(map(str, value.shape))
-
-
-def describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from cnntool.errors import CnntoolError, InterchangeError, checked_path
+from cnntool.bundle import atomic_write, model_digest
+from cnntool.errors import CnntoolError, InterchangeError, checked_path, exception_text
 from cnntool.interchange.common import (
     META_CLASSES,
     META_PREPROCESSING,
@@ -36,6 +37,7 @@ from cnntool.interchange.common import (
     sha256_of,
     write_imported,
 )
+from cnntool.model.spec import plan_layers, read_spec_data, validate_spec
 
 # Dtypes read as float32 weights; integer buffers such as PyTorch's `num_batches_tracked`
 # (which cnntool has no use for) are skipped.
@@ -46,7 +48,6 @@ SKIPPED_SUFFIXES = ("num_batches_tracked",)
 
 def export_safetensors(bundle: Any, out: str | os.PathLike) -> dict:
     """Write a loaded bundle's weights and state to `out` as safetensors."""
-    from cnntool.bundle import atomic_write
 
     numpy_io = require("safetensors.numpy")
     net = bundle.network
@@ -88,7 +89,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # the library's errors, and a panic of its Rust code
-        raise InterchangeError(f"{where}: not a valid safetensors file: {describe(exc)}") from None
+        raise InterchangeError(f"{where}: not a valid safetensors file: {exception_text(exc)}") from None
     if problems:
         raise InterchangeError(f"{where}: " + "; ".join(problems))
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
@@ -105,7 +106,6 @@ def import_safetensors(
     preprocessing: Any = None,
 ) -> dict:
     """Build a bundle from a spec and a safetensors file of its weights; write it to `out`."""
-    from cnntool.model.spec import plan_layers, read_spec_data, validate_spec
 
     where = str(path)
     arrays, metadata, skipped, sha256 = read_safetensors(path)
@@ -167,7 +167,6 @@ def import_safetensors(
                           "matched_by": matched_by},
     }  # fmt: skip
     bundle_path = write_imported(net, out, meta)
-    from cnntool.bundle import model_digest
 
     return {
         "path": str(bundle_path),
@@ -242,8 +241,3 @@ def mismatch(layer: Any, wanted: dict, candidates: list[str], modules: dict, arr
     if extra:
         details.append(f"{module!r} also holds {', '.join(extra)}")
     return head + f"; the next in order, {module!r}: " + "; ".join(details)
-
-
-def describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."

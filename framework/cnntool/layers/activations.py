@@ -9,7 +9,7 @@ from cnntool.kernels.activations_extra import sigmoid_backward, sigmoid_forward,
 from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Shape, X, buf
 
 if TYPE_CHECKING:
-    from cnntool.interchange.onnx_export import OnnxBuilder
+    from cnntool.layers.base import OnnxBuilder
 
 
 class SigmoidConfig(LayerConfig):

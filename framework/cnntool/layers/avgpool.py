@@ -15,7 +15,7 @@ from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Shape
 from cnntool.layers.maxpool2d import MaxPool2D, MaxPool2DConfig
 
 if TYPE_CHECKING:
-    from cnntool.interchange.onnx_export import OnnxBuilder
+    from cnntool.layers.base import OnnxBuilder
 
 
 class AvgPool2DConfig(MaxPool2DConfig):

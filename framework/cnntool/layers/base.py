@@ -47,17 +47,28 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple
+from typing import Annotated, Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cnntool.errors import SpecError
 
-if TYPE_CHECKING:
-    from cnntool.interchange.onnx_export import OnnxBuilder
-
 Shape = tuple[int, ...]
+
+
+class OnnxBuilder(Protocol):
+    """What `Layer.onnx_nodes` writes into, bound to the layer (`cnntool export` passes one,
+    see `cnntool.interchange.onnx_export.LayerNodes`): `param(key)` adds the layer's parameter
+    or state array as an initializer and returns its name, `constant(key, array)` any other
+    array, `node(op_type, inputs, **attributes)` a node, returning its output's name."""
+
+    def param(self, key: str, shape: tuple[int, ...] | None = None) -> str: ...
+
+    def constant(self, key: str, array: np.ndarray) -> str: ...
+
+    def node(self, op_type: str, inputs: list[str], **attributes: Any) -> str: ...
+
 
 # When set, layers running their declared calls one by one hand each call to it as
 # (layer, kernel, arrays) instead of calling the kernel: `tools/bench.py --profile` times
@@ -408,7 +419,7 @@ class Layer:
 
     def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
         """Lower the layer's inference form to ONNX nodes added through `onnx` (opset 17, see
-        `cnntool.interchange.onnx_export.OnnxBuilder`) reading the tensors named `inputs` (one
+        `OnnxBuilder`) reading the tensors named `inputs` (one
         per input, batch first); return the name of the output tensor. A layer that is the
         identity at inference returns `inputs[0]`. Optional: without it, export fails."""
         raise NotImplementedError(f"{type(self).__name__} has no ONNX lowering")

@@ -42,7 +42,7 @@ from cnntool.layers.base import (
 )
 
 if TYPE_CHECKING:
-    from cnntool.interchange.onnx_export import OnnxBuilder
+    from cnntool.layers.base import OnnxBuilder
 
 Momentum = Annotated[
     float,

@@ -42,7 +42,7 @@ from cnntool.layers.base import (
 from cnntool.layers.epilogue import Epilogue
 
 if TYPE_CHECKING:
-    from cnntool.interchange.onnx_export import OnnxBuilder
+    from cnntool.layers.base import OnnxBuilder
 
 PositiveSize = Annotated[int, Field(ge=1, le=4096)]
 SizeOrPair = PositiveSize | tuple[PositiveSize, PositiveSize]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 from cnntool.layers.base import Layer, LayerConfig, Shape
 
 if TYPE_CHECKING:
-    from cnntool.interchange.onnx_export import OnnxBuilder
+    from cnntool.layers.base import OnnxBuilder
 
 
 class FlattenConfig(LayerConfig):

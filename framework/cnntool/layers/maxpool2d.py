@@ -23,7 +23,7 @@ from cnntool.layers.base import (
 )
 
 if TYPE_CHECKING:
-    from cnntool.interchange.onnx_export import OnnxBuilder
+    from cnntool.layers.base import OnnxBuilder
 
 Size = Annotated[int, Field(ge=1, le=4096)]
 

@@ -14,7 +14,7 @@ from cnntool.kernels.merge import add_forward, add_into, concat_backward, concat
 from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Ref, Shape, ShapeError, buf, xs
 
 if TYPE_CHECKING:
-    from cnntool.interchange.onnx_export import OnnxBuilder
+    from cnntool.layers.base import OnnxBuilder
 
 
 class AddConfig(LayerConfig):

@@ -9,7 +9,7 @@ from cnntool.kernels.activation import relu_backward, relu_forward
 from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Shape, X, buf
 
 if TYPE_CHECKING:
-    from cnntool.interchange.onnx_export import OnnxBuilder
+    from cnntool.layers.base import OnnxBuilder
 
 
 class ReLUConfig(LayerConfig):

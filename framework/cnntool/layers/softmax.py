@@ -8,7 +8,7 @@ from cnntool.kernels.activation import softmax_backward, softmax_forward
 from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Shape, ShapeError, X, buf
 
 if TYPE_CHECKING:
-    from cnntool.interchange.onnx_export import OnnxBuilder
+    from cnntool.layers.base import OnnxBuilder
 
 
 class SoftmaxConfig(LayerConfig):

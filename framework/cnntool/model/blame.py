@@ -11,14 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from cnntool.errors import CnntoolError, LayerError
+from cnntool.errors import CnntoolError, LayerError, exception_text
+from cnntool.model.registry import get_registry
 
 
 def provider_of(layer: Any) -> str | None:
     """'distribution==version' of a plugin layer's type; None for cnntool's own layers (and
     for types not known to the shared registry, such as test doubles)."""
-    from cnntool.model.registry import get_registry
-
     entry = get_registry().types.get(layer.config.type)
     if entry is None or entry.builtin:
         return None
@@ -35,10 +34,8 @@ def layer_failed(index: int, layer: Any, stage: str, exc: BaseException) -> Base
     provider = provider_of(layer)
     if provider is None or isinstance(exc, CnntoolError):
         return exc
-    from cnntool.model.registry import describe
-
     error = LayerError(
-        f"{who(index, layer, provider)} failed in {stage}: {describe(exc)}; "
+        f"{who(index, layer, provider)} failed in {stage}: {exception_text(exc, None, with_type=True)}; "
         f"this is the plugin's error: check it with `cnntool plugin check {provider.split('==')[0]}` "
         "and report it to its authors"
     )
@@ -72,8 +69,6 @@ def compiled_failed(net: Any, task: str, exc: BaseException) -> BaseException:
     when none is named), `exc` itself for a network of cnntool's layers only."""
     if isinstance(exc, CnntoolError):
         return exc
-    from cnntool.model.registry import describe
-
     suspects = []
     text = str(exc)
     for index, layer in enumerate(net.layers):
@@ -88,7 +83,8 @@ def compiled_failed(net: Any, task: str, exc: BaseException) -> BaseException:
     layers = "; ".join(who(index, layer, provider) for _, index, layer, provider in named)
     distributions = sorted({provider.split("==")[0] for *_, provider in named})
     error = LayerError(
-        f"the compiled network failed in {task}: {describe(exc)}; it holds plugin layers: {layers}. "
+        f"the compiled network failed in {task}: {exception_text(exc, None, with_type=True)}; "
+        f"it holds plugin layers: {layers}. "
         f"Check them with `cnntool plugin check {' '.join(distributions)}`"
     )
     error.__cause__ = exc

@@ -23,13 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from cnntool.compile.plan import FUSE_ENV, Plan, align, aligned_zeros, fusable
 from cnntool.errors import CnntoolError, InputError
+from cnntool.kernels.activation import softmax_forward
+from cnntool.kernels.loss import argmax_rows, softmax_cross_entropy
 from cnntool.layers.base import Layer, Shape
 from cnntool.model.blame import check_result, compiled_failed, layer_failed
-from cnntool.model.spec import plan_layers, validate_spec
+from cnntool.model.execution import describe_execution
+from cnntool.model.spec import layer_rows, plan_layers, validate_spec
 from cnntool.system.threads import ensure_threads, run_parallel, use_blas_threads
 
-FUSE_ENV = "CNNTOOL_FUSE"
 # Below this many examples per thread, splitting a batch across threads costs more than it saves.
 MIN_EXAMPLES_PER_THREAD = 8
 
@@ -103,7 +106,8 @@ class Network:
         return self.spec.model_dump(mode="json", exclude_none=True)
 
     def params(self) -> dict[str, np.ndarray]:
-        """Every trained parameter by full key '<layer>.<param>'; the arrays are live."""
+        """Every trained parameter by full key '<layer>.<param>'; the arrays are live (what a
+        bundle stores; `params_with_grads` pairs each with its gradient for an optimizer)."""
         return {f"{layer.name}.{key}": value for layer in self.layers for key, value in layer.params.items()}
 
     def grads(self) -> dict[str, np.ndarray]:
@@ -113,8 +117,8 @@ class Network:
         """Non-trained buffers (running statistics) by full key."""
         return {f"{layer.name}.{key}": value for layer in self.layers for key, value in layer.state.items()}
 
-    def parameters(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """(key, parameter, gradient) triples, in layer order."""
+    def params_with_grads(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(key, parameter, gradient) triples in layer order, what an optimizer updates."""
         return [
             (f"{layer.name}.{key}", value, layer.grads[key])
             for layer in self.layers
@@ -127,31 +131,23 @@ class Network:
 
     def summary(self) -> list[dict[str, Any]]:
         """One row per layer: name, type, output shape, parameter count, FLOPs per example."""
-        from cnntool.model.summary import layer_rows
-
         return layer_rows(self.layers)
 
     @property
     def plan(self) -> Any:
         """The compiled plan, or None when some layer runs only layer by layer."""
         if not self._plan_checked:
-            from cnntool.compile.plan import Plan, fusable
-
             self._plan_checked = True
             if self.use_plan and fusable(self.layers):
                 try:
                     self._plan = Plan(self)
                 except Exception as exc:
-                    from cnntool.model.blame import compiled_failed
-
                     raise compiled_failed(self, "compiling", exc) from exc
         return self._plan
 
     def execution(self, registry: Any = None) -> dict[str, Any]:
         """Whether the network runs compiled, and if not which layer forces layer by layer and
-        what it costs (cnntool.compile.execution)."""
-        from cnntool.compile.execution import describe_execution
-
+        what it costs (cnntool.model.execution)."""
         return describe_execution(self.layers, registry, use_plan=self.use_plan)
 
     # --- computing -------------------------------------------------------------------------
@@ -373,9 +369,6 @@ class Network:
         return synced
 
     def _layer_by_layer_runner(self, task: str, n: int) -> Any:
-        from cnntool.kernels.activation import softmax_forward
-        from cnntool.kernels.loss import argmax_rows, softmax_cross_entropy
-
         grad = np.empty((n, self.layers[self.head - 1].output_shape[0]), np.float32)
 
         def train_step(x: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
@@ -423,8 +416,6 @@ def consolidate(layers: list[Layer], attribute: str) -> tuple[np.ndarray, dict[s
     """Move every array of `layer.<attribute>` into one flat float32 array (each start
     64-byte aligned) and put views of it back in their place; return the flat array and
     each key's (offset, shape)."""
-    from cnntool.compile.plan import align, aligned_zeros
-
     entries = [(layer, key, value) for layer in layers for key, value in getattr(layer, attribute).items()]
     flat = aligned_zeros(sum(align(value.size) for _, _, value in entries))
     offsets = {}

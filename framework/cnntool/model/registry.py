@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Annotated, Any, Literal, Union
 
-from cnntool.errors import PluginError
+from pydantic import ConfigDict, Field, create_model, model_validator
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
+
+from cnntool.errors import PluginError, exception_text
+from cnntool.layers.base import Layer, LayerConfig
+from cnntool.model.spec_fields import SpecBase
 
 __all__ = [
     "DISABLE_PLUGINS_ENV",
@@ -164,15 +170,13 @@ class Registry:
         return loaded
 
     def _load(self, entry: LayerType) -> None:
-        from cnntool.layers.base import Layer, LayerConfig
-
         where = f"layer type {entry.name!r} from distribution {entry.provider}"
         try:
             if entry.entry_point is None:
                 raise RuntimeError(f"no entry point for {entry.value}")
             cls = entry.entry_point.load()
         except Exception as exc:  # a broken plugin must never take cnntool down
-            entry.error = f"failed to load {where}: {describe(exc)}"
+            entry.error = f"failed to load {where}: {exception_text(exc, None, with_type=True)}"
             self.report(entry.error)
             return
         problem = None
@@ -192,7 +196,8 @@ class Registry:
                 try:
                     config.model_json_schema()
                 except Exception as exc:
-                    problem = f"{entry.value}.Config has no JSON Schema: {describe(exc)}"
+                    cause = exception_text(exc, None, with_type=True)
+                    problem = f"{entry.value}.Config has no JSON Schema: {cause}"
         if problem is not None:
             entry.error = f"failed to load {where}: {problem}"
             self.report(entry.error)
@@ -205,11 +210,6 @@ class Registry:
         """The pydantic model of a network spec, over the union of every loadable layer
         config. Built once per registry."""
         if self._spec_model is None:
-            from pydantic import Field, create_model
-            from pydantic.json_schema import SkipJsonSchema
-
-            from cnntool.model.spec import SpecBase
-
             configs = tuple(cls.Config for cls in self.load_all().values())
             refused = {name: e.error for name, e in self.types.items() if e.error is not None}
             refused.update({name: conflict_message(name, es) for name, es in self.conflicts.items()})
@@ -229,8 +229,6 @@ class Registry:
 def refusal(name: str, error: str) -> type:
     """A config model for a type that cannot be used: a spec naming it fails validation with
     `error` (why the plugin failed) instead of "unknown type"."""
-    from pydantic import ConfigDict, create_model, model_validator
-    from pydantic_core import PydanticCustomError
 
     def refuse(cls: type, data: Any) -> Any:
         raise PydanticCustomError("layer_type_unusable", error)
@@ -246,12 +244,6 @@ def refusal(name: str, error: str) -> type:
 def canonical(distribution: str) -> str:
     """Distribution names compare as PEP 503 normalises them ('Cnntool_Extras' == 'cnntool-extras')."""
     return distribution.lower().replace("_", "-").replace(".", "-")
-
-
-def describe(exc: BaseException) -> str:
-    """'ExceptionType: first line of its message', to keep a warning on one line."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def conflict_message(name: str, claimants: list[LayerType]) -> str:

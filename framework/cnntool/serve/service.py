@@ -17,8 +17,12 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from cnntool import __version__
+from cnntool.bundle import load_bundle
+from cnntool.inference.predict import predict_raw, prediction_record
 from cnntool.serve.batching import MicroBatcher
 from cnntool.serve.metrics import ServerMetrics
+from cnntool.system.threads import set_threads
 
 SETTINGS_ENV = "CNNTOOL_SERVE_SETTINGS"
 log = logging.getLogger("cnntool.serve")
@@ -59,7 +63,6 @@ class ModelService:
     def __init__(
         self, name: str, path: str, settings: ServeSettings, metrics: ServerMetrics, bundle: Any = None
     ) -> None:
-        from cnntool.system.threads import set_threads
 
         self.name = name
         self.path = path
@@ -90,8 +93,6 @@ class ModelService:
         loop = asyncio.get_running_loop()
         try:
             if self.bundle is None:
-                from cnntool.bundle import load_bundle
-
                 self.bundle = await loop.run_in_executor(self.executor, load_bundle, self.path)
             await loop.run_in_executor(self.executor, warm_up, self.bundle, [1, self.settings.max_batch])
         except Exception as exc:
@@ -136,7 +137,6 @@ class ModelService:
 
     async def predict(self, inputs: np.ndarray, top_k: int) -> list[dict[str, Any]]:
         """One `cnntool infer` record per input (without `input`), in order."""
-        from cnntool.inference.predict import prediction_record
 
         classes = self.bundle.network.classes
         probabilities = await self.probabilities(inputs)
@@ -148,7 +148,6 @@ class ModelService:
 
     def info(self) -> dict[str, Any]:
         """What `/v1/model` answers."""
-        from cnntool import __version__
 
         bundle, meta = self.bundle, self.bundle.meta
         history = meta.get("history") or []
@@ -183,7 +182,6 @@ def warm_up(bundle: Any, sizes: list[int]) -> None:
     """Predict once on blank inputs at each batch size, so every kernel is compiled (or
     loaded from numba's cache) and the workspace made for the largest batch before
     traffic comes."""
-    from cnntool.inference.predict import predict_raw
 
     for size in sizes:
         blank = np.zeros((size, *bundle.network.input_shape), np.uint8)

@@ -62,3 +62,10 @@ def blas_loading() -> Iterator[None]:
                 del os.environ["OPENBLAS_CORETYPE"]
             else:
                 os.environ["OPENBLAS_CORETYPE"] = previous
+
+
+def load_blas() -> None:
+    """Load the BLAS library the kernels call (scipy's OpenBLAS), with the core type above.
+    `cnntool.kernels.blas` binds its functions; `cnntool.system.threads` limits its threads."""
+    with blas_loading():
+        import scipy.linalg.cython_blas  # noqa: F401  (heavy: loaded when threads are first set)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cnntool.errors import CnntoolError
+from cnntool.system.cpu import load_blas
 
 THREADS_ENV = "CNNTOOL_THREADS"
 _configured: int | None = None
@@ -54,10 +55,11 @@ def requested_threads(threads: int | None = None) -> int:
 def set_threads(threads: int | None = None) -> int:
     """Use `threads` threads (None: CNNTOOL_THREADS, else all CPUs); returns the count."""
     global _configured, _pool
+    # numba takes a second to import: only when threads are set, not for `cnntool --help`.
     import numba
     from threadpoolctl import threadpool_limits
 
-    import cnntool.kernels.blas  # noqa: F401  (load the BLAS the kernels call, so it is limited too)
+    load_blas()  # the BLAS the kernels call, so that it is limited too
 
     global _blas_threads
     count = requested_threads(threads)
@@ -108,7 +110,7 @@ def blas_thread_setter() -> Any:
 
         from threadpoolctl import threadpool_info
 
-        import cnntool.kernels.blas  # noqa: F401  (loads it)
+        load_blas()
 
         _blas_setter = False
         for info in threadpool_info():

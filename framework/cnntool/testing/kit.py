@@ -10,23 +10,22 @@
   so that an index outside an array is an error naming the kernel and its arrays instead of
   memory silently overwritten (or a segmentation fault); `cnntool.testing` runs every check
   of a declared-call layer this way;
-- `run_isolated`: the checks of several examples in a child process, so that a crash (a
-  hand-written layer calling a kernel out of bounds) is a failed check, never the end of
-  `cnntool plugin check`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import signal
-import subprocess
-import sys
 from typing import Any
 
 import numpy as np
 
-from cnntool.layers.base import Layer, Ref, Sync
+from cnntool.errors import CnntoolError
+from cnntool.layers.base import Layer, Ref, Sync, kernel_parameters
+from cnntool.model.network import Network
+from cnntool.model.registry import get_registry
+from cnntool.system import threads as settings
+from cnntool.testing.fixtures import input_names, inputs_of, per_input, wrapping_spec
+from cnntool.training.optim import SGD
 
 # The compiled plan and layer-by-layer execution add the same numbers in other orders (and
 # fused kernels round once less), so they agree to float32 rounding, not bit for bit.
@@ -87,8 +86,6 @@ def guarded(layer: Layer, kernel: Any, refs: tuple) -> Any:
         try:
             checked(*values)
         except IndexError as exc:
-            from cnntool.layers.base import kernel_parameters
-
             arguments = ", ".join(
                 f"{param}={describe_argument(ref, value)}"
                 for param, ref, value in zip(kernel_parameters(kernel), refs, values, strict=False)
@@ -167,7 +164,6 @@ def check_repeatable(layer: Layer, *, batch: int = 2, seed: int = 0, training: b
     """forward twice on one input gives the same output; forward and backward twice on the
     same input and gradient give the same input gradient and parameter gradients (backward
     overwrites `grads`, it does not accumulate)."""
-    from cnntool.testing import input_names, inputs_of, per_input
 
     rng = np.random.default_rng(seed)
     xs = inputs_of(layer, batch, rng)
@@ -239,8 +235,6 @@ def check_compiled(config: dict, input_shape: Any, *, seed: int = 0, registry: A
     forward (both modes), predictions, backward, a training step followed by an SGD update,
     and a training step on a batch cut across two threads. Returns why the check does not
     apply (a hand-written layer), or None."""
-    from cnntool.model.registry import get_registry
-    from cnntool.testing import wrapping_spec
 
     registry = registry or get_registry()
     layer_class = registry.get(config["type"])
@@ -279,8 +273,6 @@ def fusing_spec(config: dict, input_shape: Any, registry: Any) -> dict | None:
 
 def compare_paths(spec: dict, type_name: str, seed: int, registry: Any) -> None:
     """Run one spec compiled and layer by layer; AssertionError naming every disagreement."""
-    from cnntool.errors import CnntoolError
-    from cnntool.model.network import Network
 
     compiled = Network.from_spec(spec, seed=seed, registry=registry)
     plain = Network.from_spec(spec, seed=seed, registry=registry)
@@ -360,7 +352,6 @@ def train_step(
     compiled: Any, plain: Any, x: np.ndarray, labels: np.ndarray, run: Any, compare: Any, what: str
 ) -> None:
     """One training step and an SGD update both ways, comparing loss, gradients and weights."""
-    from cnntool.training.optim import SGD
 
     a, b = run(lambda net: net.train_step(x, labels))
     compare(f"{what}: loss", a[0], b[0])
@@ -380,13 +371,11 @@ class threads:
         self.count = count
 
     def __enter__(self) -> None:
-        from cnntool.system import threads as settings
 
         self.previous = settings._configured
         settings.set_threads(self.count)
 
     def __exit__(self, *exc: Any) -> None:
-        from cnntool.system import threads as settings
 
         settings.set_threads(self.previous)
 
@@ -404,117 +393,3 @@ def index_of(flat: int, shape: tuple) -> list[int]:
 def first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else ""
-
-
-# --- a child process ------------------------------------------------------------------------
-
-CHILD = """
-import json, sys
-from cnntool.testing.kit import child_main
-child_main(json.loads(sys.stdin.read()))
-"""
-
-
-def child_main(job: dict) -> None:
-    """In the child: check each example, printing one JSON line as each check starts and
-    one with its result."""
-    from cnntool.testing import check_layer
-
-    for index, (config, shape) in enumerate(job["examples"]):
-        shape = tuple(tuple(s) for s in shape) if shape and isinstance(shape[0], list) else tuple(shape)
-
-        def started(check: str, index: int = index) -> None:
-            print(json.dumps({"example": index, "started": check}), flush=True)
-
-        for result in check_layer(
-            config, shape, seed=job["seed"], on_check=started, checks=tuple(job["checks"])
-        ):
-            print(json.dumps({"example": index, "result": result.as_dict()}), flush=True)
-
-
-def run_isolated(
-    examples: list[tuple[dict, Any]],
-    *,
-    seed: int = 0,
-    checks: tuple[str, ...] | None = None,
-    timeout: float = 1800,
-) -> list[dict]:
-    """Check the examples in a child process; a child that dies (a segmentation fault in a
-    kernel) makes a failed result of the check it was running, and the examples after it
-    go on in a new child. Returns result dicts (CheckResult.as_dict)."""
-    from cnntool.testing import CHECKS
-
-    wanted = [check for check in CHECKS if checks is None or check in checks]
-    results: list[dict] = []
-    start = 0
-    while start < len(examples):
-        job = {"examples": [[c, list_shape(s)] for c, s in examples[start:]], "seed": seed, "checks": wanted}
-        child = subprocess.run(
-            [sys.executable, "-c", CHILD],
-            input=json.dumps(job),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        current: tuple[int, str] | None = None
-        done = 0
-        for line in child.stdout.splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # a plugin printing to stdout
-            if not isinstance(event, dict) or "example" not in event:
-                continue
-            if "started" in event:
-                current = (event["example"], event["started"])
-            elif "result" in event:
-                results.append(event["result"])
-                done = event["example"] + 1 if event["result"]["check"] == wanted[-1] else done
-        if child.returncode == 0:
-            break
-        index = current[0] if current is not None else done
-        check = current[1] if current is not None else wanted[0]
-        config, shape = examples[start + index]
-        results.append(crash_result(config, shape, check, child.returncode, child.stderr))
-        skipped = wanted[wanted.index(check) + 1 :] if check in wanted else ()
-        results += [
-            {"type": config.get("type", "?"), "check": later, "ok": False, "config": config,
-             "input_shape": list_shape(shape), "message": f"not run: the process died during check {check!r}"}
-            for later in skipped
-        ]  # fmt: skip
-        start += index + 1
-    return results
-
-
-def crash_result(config: dict, shape: Any, check: str, returncode: int, stderr: str) -> dict:
-    from cnntool.model.registry import get_registry
-
-    try:
-        provider = get_registry().provider(config.get("type", "?"))
-    except Exception:
-        provider = "?"
-    how = f"exit code {returncode}"
-    if returncode < 0:
-        try:
-            how = f"signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            how = f"signal {-returncode}"
-    tail = [line for line in stderr.strip().splitlines() if line.strip()][-1:]
-    return {
-        "type": config.get("type", "?"),
-        "check": check,
-        "ok": False,
-        "config": config,
-        "input_shape": list_shape(shape),
-        "provider": provider,
-        "message": (
-            f"check {check!r} of layer type {config.get('type')!r} from {provider}: the checking process "
-            f"died ({how}) running the layer: a kernel called by hand (not declared) likely read or "
-            "wrote outside its arrays, which numba does not check in compiled code; declare the kernel "
-            "calls so the kit runs them bounds-checked" + (f" (last output: {tail[0]})" if tail else "")
-        ),
-    }
-
-
-def list_shape(shape: Any) -> Any:
-    return json.loads(json.dumps(shape)) if shape is not None else None

@@ -21,8 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from cnntool.compile.plan import compile_in_child
 from cnntool.errors import CnntoolError, DataError
-from cnntool.kernels.batch import gather_batch
+from cnntool.inference.evaluate import BatchSource, check_labels, evaluate, score
+from cnntool.inference.warmup import compile_for_training
+from cnntool.training.augmentation import Augmenter
+from cnntool.training.schedules import Schedule
 
 __all__ = [
     "MONITORS",
@@ -49,34 +53,6 @@ MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 
 class TrainingDiverged(CnntoolError):
     """The loss became NaN or infinite."""
-
-
-class BatchSource:
-    """Gathers batches of a dataset, in a given order, into reused float32 buffers."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, preprocessing: dict) -> None:
-        from cnntool.data import input_scale
-
-        if x.shape[0] != y.shape[0]:
-            raise DataError(f"{x.shape[0]} images but {y.shape[0]} labels")
-        self.x = np.ascontiguousarray(x)
-        self.y = np.ascontiguousarray(y, np.int64)
-        self.scale = input_scale(self.x, preprocessing)
-        self.mean = float(preprocessing.get("mean", 0.0))
-        self.inv_std = 1.0 / float(preprocessing.get("std", 1.0))
-        self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def batch(self, order: np.ndarray, start: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-        buffers = self._buffers.get(size)
-        if buffers is None:
-            buffers = (np.empty((size, *self.x.shape[1:]), np.float32), np.empty(size, np.int64))
-            self._buffers[size] = buffers
-        xb, yb = buffers
-        gather_batch(self.x, self.y, order, start, self.scale, self.mean, self.inv_std, xb, yb)
-        return xb, yb
 
 
 class EarlyStopping:
@@ -157,8 +133,6 @@ class Trainer:
         monitor: str | None = None,
         augment: Any = None,
     ) -> None:
-        from cnntool.training.augmentation import Augmenter
-        from cnntool.training.schedules import Schedule
 
         self.net, self.optimizer, self.batch_size, self.seed = net, optimizer, int(batch_size), int(seed)
         self.source = BatchSource(*train, preprocessing)
@@ -233,9 +207,6 @@ class Trainer:
         n, batch_size = len(source), self.batch_size
         net.random[:] = (self.seed, state.random_step)
         if state.epoch < epochs and self.compile_seconds is None:
-            from cnntool.compile.plan import compile_in_child
-            from cnntool.inference.warmup import compile_for_training
-
             if on_compile is not None:
                 on_compile(None)
             started = time.perf_counter()
@@ -459,39 +430,3 @@ def fit(
     trainer.run(epochs, on_epoch=on_epoch, on_batch=on_batch)
     trainer.publish()
     return trainer.state.history
-
-
-def evaluate(
-    net: Any, x: np.ndarray, y: np.ndarray, preprocessing: dict, *, batch_size: int = 256
-) -> dict[str, Any]:
-    """Mean loss, accuracy and the predicted class of every example."""
-    source = BatchSource(x, y, preprocessing)
-    check_labels(source.y, net.output_shape[0], "evaluation")
-    return score(net, source, batch_size=batch_size)
-
-
-def score(net: Any, source: BatchSource, *, batch_size: int = 256) -> dict[str, Any]:
-    n = len(source)
-    order = np.arange(n)
-    predictions = np.empty(n, np.int64)
-    total_loss = 0.0
-    total_correct = 0
-    for start in range(0, n, batch_size):
-        size = min(batch_size, n - start)
-        xb, yb = source.batch(order, start, size)
-        loss, correct = net.evaluate_batch(xb, yb, predictions[start : start + size])
-        total_loss += loss
-        total_correct += correct
-    return {
-        "loss": total_loss / n if n else float("nan"),
-        "accuracy": total_correct / n if n else float("nan"),
-        "predictions": predictions,
-    }
-
-
-def check_labels(labels: np.ndarray, classes: int, what: str) -> None:
-    if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        raise DataError(
-            f"{what} labels run from {labels.min()} to {labels.max()} but the network has "
-            f"{classes} outputs; expected labels in [0, {classes})"
-        )

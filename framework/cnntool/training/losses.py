@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnntool.errors import InputError
+from cnntool.kernels.loss import softmax_cross_entropy as kernel
 
 
 def softmax_cross_entropy(
@@ -16,7 +17,6 @@ def softmax_cross_entropy(
     computed with log-sum-exp so that no logit overflows. With `class_weights` (K,), each
     row's loss is multiplied by its label's weight before the mean (Keras's class_weight).
     """
-    from cnntool.kernels.loss import softmax_cross_entropy as kernel
 
     logits = np.ascontiguousarray(logits, np.float32)
     labels = np.asarray(labels)

@@ -26,7 +26,7 @@ class Optimizer:
         if not lr > 0:
             raise CnntoolError(f"Invalid value for `lr`. Expected a positive float. Received: lr={lr}")
         self.lr = float(lr)
-        self.params = net.parameters()
+        self.params = net.params_with_grads()
         self.flat_param, self.flat_grad = net.flat_params, net.flat_grads
         self.offsets = net.param_offsets
         self.steps = 0

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cnntool.bundle import read_bundle
 from cnntool.errors import CnntoolError
 
 SERIES = (("loss", "loss"), ("accuracy", "accuracy"))
@@ -79,7 +80,6 @@ def value(number: Any) -> float:
 
 def plot_bundle(bundle: str | Path, out: str | Path) -> dict[str, Any]:
     """Draw a bundle's training history into an image file (PNG, SVG or PDF, by suffix)."""
-    from cnntool.bundle import read_bundle
 
     require_matplotlib()
     raw = read_bundle(bundle)

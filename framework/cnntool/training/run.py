@@ -29,7 +29,15 @@ from typing import IO, Any
 
 import numpy as np
 
-from cnntool.errors import CnntoolError, DataError, SpecError
+from cnntool.bundle import load_bundle, model_digest, save_bundle
+from cnntool.data import load_dataset, preprocessing_for, split_validation
+from cnntool.errors import CnntoolError, DataError, SpecError, short_repr
+from cnntool.model.network import Network
+from cnntool.model.spec import TrainingConfig, format_errors, validate_spec
+from cnntool.system.threads import set_threads
+from cnntool.training.loop import EarlyStopping, Trainer, evaluate
+from cnntool.training.optim import OPTIMIZERS, SGD
+from cnntool.training.schedules import make_schedule
 
 # Options a resumed run may change; any other would make it a different run. A new `lr`
 # restarts the schedule from it and is noted in the history (`lr_changed`).
@@ -79,10 +87,6 @@ class TrainingRun:
     ) -> TrainingRun:
         """Validate everything that can be wrong before the first step: spec, options,
         output folder, dataset and its fit to the spec."""
-        from cnntool.data import load_dataset
-        from cnntool.model.network import Network
-        from cnntool.model.spec import TrainingConfig, validate_spec
-        from cnntool.system.threads import set_threads
 
         out = check_output(Path(out))
         spec = validate_spec(spec_source)
@@ -120,10 +124,6 @@ class TrainingRun:
         the stored one, which bit-identical results need. A `spec` given too (the command
         rerun with --resume added) must be the bundle's own; its training section counts as
         options, below `overrides`."""
-        from cnntool.bundle import load_bundle
-        from cnntool.data import load_dataset
-        from cnntool.model.spec import TrainingConfig
-        from cnntool.system.threads import set_threads
 
         path = Path(bundle_path)
         bundle = load_bundle(path)
@@ -197,8 +197,6 @@ class TrainingRun:
     def assemble(
         cls, spec: Any, options: Any, out: Path, dataset: Any, net: Any, threads: int
     ) -> TrainingRun:
-        from cnntool.data import preprocessing_for, split_validation
-        from cnntool.training.optim import OPTIMIZERS
 
         optimizer = make_optimizer(OPTIMIZERS[options.optimizer], net, options)
         optimizer.freeze(frozen_keys(net, options.freeze))
@@ -215,8 +213,6 @@ class TrainingRun:
         )  # fmt: skip
 
     def make_trainer(self) -> Any:
-        from cnntool.training.loop import EarlyStopping, Trainer
-        from cnntool.training.schedules import make_schedule
 
         options = self.options
         early_stopping = (
@@ -236,7 +232,6 @@ class TrainingRun:
         """Train (checkpointing as asked), score on the test split, save the bundle; return
         what the CLI prints. Ctrl-C stops at the next step boundary, saves a checkpoint and
         raises TrainingInterrupted."""
-        from cnntool.bundle import model_digest
 
         trainer = self.trainer
 
@@ -283,7 +278,6 @@ class TrainingRun:
         }
 
     def test_scores(self) -> dict[str, Any] | None:
-        from cnntool.training.loop import evaluate
 
         if not len(self.dataset.x_test):
             return None
@@ -292,7 +286,6 @@ class TrainingRun:
 
     def write(self, status: str, slots: dict, test: dict | None) -> Path:
         """Save the network as it is now, with the optimizer, `slots` and the training state."""
-        from cnntool.bundle import save_bundle
 
         trainer = self.trainer
         history = trainer.state.history
@@ -372,7 +365,6 @@ def check_same_spec(source: Any, stored: Any, path: Path) -> Any:
     """The spec `source`, validated, when it describes the network stored in the bundle at
     `path` (its training section aside, and its classes when it names none); else a
     CnntoolError saying what differs."""
-    from cnntool.model.spec import validate_spec
 
     given = validate_spec(source)
     differences = spec_differences(stored, given)
@@ -392,7 +384,7 @@ def spec_differences(stored: Any, given: Any) -> list[str]:
         if key == "classes" and new is None:
             continue
         if (list(old) if isinstance(old, tuple) else old) != (list(new) if isinstance(new, tuple) else new):
-            differences.append(f"{key} (stored {short_value(old)}, given {short_value(new)})")
+            differences.append(f"{key} (stored {short_repr(old)}, given {short_repr(new)})")
     old_layers = [layer.model_dump(mode="json") for layer in stored.layers]
     new_layers = [layer.model_dump(mode="json") for layer in given.layers]
     if len(old_layers) != len(new_layers):
@@ -407,18 +399,12 @@ def spec_differences(stored: Any, given: Any) -> list[str]:
             )
             continue
         fields = [
-            f"{field} (stored {short_value(old.get(field))}, given {short_value(new.get(field))})"
+            f"{field} (stored {short_repr(old.get(field))}, given {short_repr(new.get(field))})"
             for field in sorted(set(old) | set(new))
             if old.get(field) != new.get(field)
         ]
         differences.append(f"layer {index} {old.get('name')!r}: {', '.join(fields)}")
     return differences
-
-
-def short_value(value: Any) -> str:
-    from cnntool.model.spec import short_repr
-
-    return short_repr(list(value) if isinstance(value, tuple) else value)
 
 
 def spec_options(spec: Any) -> dict[str, Any]:
@@ -472,8 +458,6 @@ def merge_options(from_spec: Any, overrides: dict[str, Any], model: Any) -> Any:
         from pydantic import ValidationError
 
         if isinstance(exc, ValidationError):
-            from cnntool.model.spec import format_errors
-
             raise SpecError("invalid training options: " + format_errors(exc, base)) from None
         raise
 
@@ -482,7 +466,6 @@ def fit_spec_to_data(spec: Any, dataset: Any, classes_from_data: bool = False) -
     """Check the spec's input shape and classes against the dataset; take the class names
     from the dataset when the spec has none (or `classes_from_data`). When both name classes
     they must agree: a model whose outputs carry another dataset's names predicts wrong labels."""
-    from cnntool.model.spec import validate_spec
 
     if tuple(spec.input_shape) != tuple(dataset.input_shape):
         raise SpecError(
@@ -514,7 +497,6 @@ def init_from_bundle(net: Any, path: Path) -> list[str]:
     """Copy into `net` the parameters and state of every layer of the bundle at `path` that
     has the same name and the same shapes (fine-tuning); the rest keep their fresh
     initialisation. Returns the report lines: what was loaded, changed and new."""
-    from cnntool.bundle import load_bundle
 
     try:
         source = load_bundle(path).network
@@ -582,7 +564,6 @@ def frozen_keys(net: Any, names: list[str]) -> list[str]:
 
 def make_optimizer(kind: Any, net: Any, options: Any) -> Any:
     """The optimizer with the options given; unset ones keep the optimizer's own defaults."""
-    from cnntool.training.optim import SGD
 
     kwargs: dict[str, Any] = {}
     if options.lr is not None:

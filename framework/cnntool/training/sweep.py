@@ -29,7 +29,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cnntool.bundle import atomic_write, load_bundle, save_bundle
 from cnntool.errors import CnntoolError, SpecError
+from cnntool.inference.run import ray_cluster
+from cnntool.model.spec import TrainingConfig, validate_spec
+from cnntool.training.run import TrainingRun, merge_options
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
@@ -63,7 +67,6 @@ class SweepSettings:
 
 
 def training_keys() -> list[str]:
-    from cnntool.model.spec import TrainingConfig
 
     return [key for key in TrainingConfig.model_fields if key not in NOT_SWEPT]
 
@@ -150,8 +153,6 @@ def apply_config(spec: dict, config: dict) -> tuple[dict, dict]:
 def check_space(space: Any, spec: dict) -> None:
     """Refuse a search space that is malformed, names an unknown option or a path the spec
     lacks, or gives values the spec or the training options refuse."""
-    from cnntool.model.spec import TrainingConfig, validate_spec
-    from cnntool.training.run import merge_options
 
     if not isinstance(space, dict) or not space:
         raise SpecError('search space: expected a JSON object such as {"lr": {"loguniform": [0.001, 0.1]}}')
@@ -198,8 +199,6 @@ def run_trial(config: dict, settings: dict, trials_dir: str, threads: int) -> No
     """A Ray Tune trial: train with `config`, write the bundle and report after every epoch;
     continue from the bundle when Tune restarts the trial (a resumed sweep)."""
     from ray import tune
-
-    from cnntool.training.run import TrainingRun
 
     trial_id = tune.get_context().get_trial_id()
     out = Path(trials_dir) / f"{trial_id}.cnnb"
@@ -248,7 +247,6 @@ def run_trial(config: dict, settings: dict, trials_dir: str, threads: int) -> No
 def saved_run(path: Path) -> dict | None:
     """Where the run in a trial bundle stands (`status`, `epoch`, the `last` epoch's record),
     or None without a readable bundle."""
-    from cnntool.bundle import load_bundle
 
     if not path.is_file():
         return None
@@ -279,8 +277,6 @@ def prepare(
     seed: int,
 ) -> SweepSettings:
     """Check everything before Ray starts, and write DIR/sweep.json."""
-    from cnntool.model.spec import validate_spec
-    from cnntool.training.run import TrainingRun
 
     if metric not in METRICS:
         raise CnntoolError(f"--metric must be one of {', '.join(METRICS)}; received {metric!r}")
@@ -329,7 +325,6 @@ def run_sweep(
     out_dir: Path, settings: SweepSettings, *, address: str | None, resume: bool, on_event: Any
 ) -> dict:
     """Run (or resume) the sweep on Ray Tune; return the leaderboard."""
-    from cnntool.inference.run import ray_cluster
 
     out_dir = out_dir.resolve()
     started = time.perf_counter()
@@ -410,7 +405,6 @@ def report_callback(metric: str, on_event: Any) -> Any:
 def leaderboard(out_dir: Path, settings: SweepSettings, results: Any) -> dict:
     """Every trial, best first (failed ones last, with their error); meta.sweep written into
     each trial bundle and the best copied to DIR/best.cnnb."""
-    from cnntool.bundle import atomic_write
 
     # Tune's trial states (a ResultGrid holds them only privately): a trial neither
     # TERMINATED nor ERROR was cut short by an interruption.
@@ -472,8 +466,6 @@ def leaderboard(out_dir: Path, settings: SweepSettings, results: Any) -> dict:
 def record_trial(path: Path, entry: dict, settings: SweepSettings) -> None:
     """Rewrite a trial bundle with `meta.sweep`: the trial, its config, the seed, the metric."""
     from types import SimpleNamespace
-
-    from cnntool.bundle import load_bundle, save_bundle
 
     bundle = load_bundle(path)
     meta = dict(bundle.meta)

@@ -9,58 +9,30 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from cnntool.bundle import missing_layer_types, read_bundle
+from cnntool.compile.plan import activation_memory as planned
+from cnntool.compile.plan import fusable
 from cnntool.errors import CnntoolError
-from cnntool.model.spec import INPUT
+from cnntool.model.execution import describe_execution
+from cnntool.model.network import Network
+from cnntool.model.registry import get_registry
+from cnntool.model.spec import INPUT, hyperparameters, is_spec_file, layer_rows, plan_layers, validate_spec
 
 SPARK = "▁▂▃▄▅▆▇█"
-
-
-def layer_rows(layers: list) -> list[dict[str, Any]]:
-    """One row per planned or built layer: index, name, type, output shape, params, FLOPs,
-    hyperparameters (`config`) and parameter shapes (`weights`)."""
-    rows = []
-    for index, layer in enumerate(layers):
-        shapes = layer.param_shapes(layer.input_shape)
-        rows.append(
-            {
-                "index": index,
-                "name": layer.name,
-                "type": layer.config.type,
-                "inputs": [INPUT if source < 0 else layers[source].name for source in layer.sources],
-                "output_shape": list(layer.output_shape),
-                "params": sum(math.prod(shape) for shape in shapes.values()),
-                "flops": int(layer.flops(layer.input_shape)),
-                "config": hyperparameters(layer.describe()),
-                "weights": {key: list(shape) for key, shape in shapes.items()},
-            }
-        )
-    return rows
 
 
 def activation_memory(spec: Any, layers: list, registry: Any) -> dict[str, Any]:
     """Bytes of activations per example: compiled, an inference pass shares buffers whose
     last reader has run (cnntool.compile.plan), while training keeps all for the backward pass; run
     layer by layer, every layer keeps its own output either way."""
-    from cnntool.compile.plan import activation_memory as planned
-    from cnntool.compile.plan import fusable
-    from cnntool.model.network import Network
-
     if fusable(layers):
         return {"compiled": True, **planned(Network.build(spec, None, registry))}
     kept = 4 * sum(math.prod(layer.output_shape) for layer in layers)
     return {"compiled": False, "inference": kept, "training": kept}
 
 
-def hyperparameters(config: dict) -> dict[str, Any]:
-    return {key: value for key, value in config.items() if key not in ("type", "name", "inputs")}
-
-
-def describe_spec(spec: Any, registry: Any = None) -> dict[str, Any]:
+def spec_summary(spec: Any, registry: Any = None) -> dict[str, Any]:
     """The summary of a validated spec."""
-    from cnntool.compile.execution import describe_execution
-    from cnntool.model.registry import get_registry
-    from cnntool.model.spec import plan_layers
-
     registry = registry or get_registry()
     layers = plan_layers(spec, registry)
     rows = layer_rows(layers)
@@ -81,13 +53,9 @@ def describe_spec(spec: Any, registry: Any = None) -> dict[str, Any]:
     }
 
 
-def describe_bundle(raw: Any, registry: Any = None) -> dict[str, Any]:
+def bundle_summary(raw: Any, registry: Any = None) -> dict[str, Any]:
     """The summary of a verified bundle document; if its layer types cannot be built here,
     the rows come from the stored spec and weights and `runnable` is false."""
-    from cnntool.bundle import missing_layer_types
-    from cnntool.model.registry import get_registry
-    from cnntool.model.spec import validate_spec
-
     registry = registry or get_registry()
     meta = raw.meta
     providers = meta.get("providers") if isinstance(meta.get("providers"), dict) else {}
@@ -95,7 +63,7 @@ def describe_bundle(raw: Any, registry: Any = None) -> dict[str, Any]:
     info: dict[str, Any] | None = None
     if not problems:
         try:
-            info = describe_spec(validate_spec(raw.spec, registry), registry)
+            info = spec_summary(validate_spec(raw.spec, registry), registry)
         except CnntoolError as exc:
             problems = [f"the stored spec cannot be built here: {exc}"]
     if info is None:
@@ -233,11 +201,8 @@ def sparkline(values: list[float]) -> str:
     )
 
 
-def describe_file(path: Any) -> dict[str, Any]:
+def file_summary(path: Any) -> dict[str, Any]:
     """Describe a spec (JSON) or a bundle, told apart by their first byte."""
-    from cnntool.bundle import read_bundle
-    from cnntool.model.spec import is_spec_file, validate_spec
-
     if is_spec_file(path):
-        return describe_spec(validate_spec(path))
-    return describe_bundle(read_bundle(path))
+        return spec_summary(validate_spec(path))
+    return bundle_summary(read_bundle(path))

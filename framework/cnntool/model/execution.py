@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from cnntool.compile.plan import FUSE_ENV, fallback
+from cnntool.model.registry import get_registry
+
 # What running layer by layer costs, measured with tools/bench.py (the extras network,
 # hand-written layers against the same layers declaring their kernel calls).
 LAYER_BY_LAYER_COST = (
@@ -22,10 +25,6 @@ FIX = "declare the layer's kernel calls (forward_calls/backward_calls, docs/plug
 def describe_execution(layers: list, registry: Any = None, *, use_plan: bool | None = None) -> dict[str, Any]:
     """{"compiled", "reason", "layer" ({index, name, type, provider} or None), "cost"}: how a
     network of these layers runs. `use_plan` false stands for CNNTOOL_FUSE=0."""
-    from cnntool.compile.plan import fallback
-    from cnntool.model.network import FUSE_ENV
-    from cnntool.model.registry import get_registry
-
     if use_plan is None:
         use_plan = os.environ.get(FUSE_ENV, "1").strip() != "0"
     if not use_plan:
