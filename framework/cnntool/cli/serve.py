@@ -60,9 +60,9 @@ def serve(
 
     from cnntool.bundle import load_bundle
     from cnntool.errors import CnntoolError
+    from cnntool.inference.warmup import warm_requests
     from cnntool.serve import ServeSettings, create_app
     from cnntool.serve.models import model_name
-    from cnntool.serve.service import warm_up
     from cnntool.system.threads import available_cpus, set_threads
 
     if not api_key and not allow_unauthenticated and not is_loopback(host):
@@ -102,7 +102,7 @@ def serve(
     # cache filled instead of all compiling at the same time.
     set_threads(threads)
     for bundle in loaded.values():
-        warm_up(bundle, [1])
+        warm_requests(bundle, [1])
     settings.to_environment()
     uvicorn.run("cnntool.serve.app:app_from_environment", factory=True, workers=workers, **options)
 

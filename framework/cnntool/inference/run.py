@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from cnntool.bundle import atomic_file, load_bundle, load_bundle_bytes
+from cnntool.bundle import load_bundle, load_bundle_bytes
 from cnntool.data import load_input_file, preprocess
 from cnntool.data.idx import IMAGES_NDIM, read_idx
 from cnntool.data.images import input_batch
@@ -37,6 +37,7 @@ from cnntool.data.npz import read_npy
 from cnntool.errors import CnntoolError, InputError, checked_path
 from cnntool.inference.warmup import warm_up
 from cnntool.model.network import MIN_EXAMPLES_PER_THREAD
+from cnntool.system.files import atomic_file
 from cnntool.system.threads import available_cpus, set_threads
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")

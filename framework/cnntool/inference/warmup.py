@@ -1,8 +1,14 @@
-"""Compiling ahead: run every compiled function of a network once, so that numba compiles and
-caches them now rather than in the middle of training or of a request."""
+"""Compiling ahead, the one place that does it: run a network's compiled functions once, so that
+numba compiles them (or loads them from its cache) now rather than in the middle of training
+or of a request. `cnntool warmup`, `infer`, `serve` (`warm_requests`) and training
+(`compile_in_child`, `compile_for_training`) all come here."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from cnntool.bundle import load_bundle
+from cnntool.compile.cache import is_cached
+from cnntool.data import preprocess
 from cnntool.model.network import Network
 from cnntool.model.spec import is_spec_file
 from cnntool.system.threads import ensure_threads
@@ -79,3 +87,33 @@ def warm_batch(net: Any, n: int) -> dict[str, float]:
         task()
         timings[name] = time.perf_counter() - started
     return timings
+
+
+CHILD_PROGRAM = """
+import json, sys
+from cnntool.model.network import Network
+from cnntool.inference.warmup import warm_batch
+warm_batch(Network.from_spec(json.loads(sys.stdin.read())), 2)
+"""
+
+
+def compile_in_child(net: Any) -> None:
+    """Compile the network's plan into numba's cache in a child process, unless it is there
+    already. A network the child cannot rebuild from its spec (layer types given to this
+    process alone) compiles in this process instead, when it is first used."""
+    if net.plan is None or is_cached(net.plan.module):
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [sys.executable, "-c", CHILD_PROGRAM], input=json.dumps(net.spec_dict()), text=True,
+            capture_output=True, timeout=1800, check=False,
+        )  # fmt: skip
+
+
+def warm_requests(bundle: Any, sizes: list[int]) -> None:
+    """Predict once on blank raw inputs (uint8, through the bundle's preprocessing) at each
+    batch size, so that what a request runs is compiled and the workspace made for the largest
+    batch before traffic comes (`cnntool serve`)."""
+    for size in sizes:
+        blank = np.zeros((size, *bundle.network.input_shape), np.uint8)
+        bundle.network.predict_proba(preprocess(blank, bundle.preprocessing))

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from cnntool import __version__
-from cnntool.bundle import atomic_write
 from cnntool.errors import InterchangeError
 from cnntool.interchange.common import bundle_metadata, require
 from cnntool.layers.base import Layer
 from cnntool.model.registry import get_registry
+from cnntool.system.files import atomic_write
 
 OPSET = 17
 # IR version 8 is the one of ONNX 1.12, the release that brought opset 17; every onnxruntime

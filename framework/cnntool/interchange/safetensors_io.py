@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cnntool.bundle import atomic_write, model_digest
+from cnntool.bundle import model_digest
 from cnntool.errors import CnntoolError, InterchangeError, checked_path, exception_text
 from cnntool.interchange.common import (
     META_CLASSES,
@@ -38,6 +38,7 @@ from cnntool.interchange.common import (
     write_imported,
 )
 from cnntool.model.spec import plan_layers, read_spec_data, validate_spec
+from cnntool.system.files import atomic_write
 
 # Dtypes read as float32 weights; integer buffers such as PyTorch's `num_batches_tracked`
 # (which cnntool has no use for) are skipped.

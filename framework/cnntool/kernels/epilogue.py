@@ -3,7 +3,7 @@ image by image, while the image's output is still in cache.
 
 `value` and `derivative` are scalar functions. numba would compile a call through a
 function passed as an argument as an indirect call (and not cache it); the plan instead
-binds them by name (cnntool.compile.plan.specialize), so they are inlined.
+binds them by name (cnntool.compile.codegen.specialize), so they are inlined.
 """
 
 import numpy as np

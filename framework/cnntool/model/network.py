@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from cnntool.compile.plan import FUSE_ENV, Plan, align, aligned_zeros, fusable
+from cnntool.compile.memory import align, aligned_zeros
+from cnntool.compile.plan import FUSE_ENV, Plan, fusable
 from cnntool.errors import CnntoolError, InputError
 from cnntool.kernels.activation import softmax_forward
 from cnntool.kernels.loss import argmax_rows, softmax_cross_entropy

@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 
 from cnntool import __version__
 from cnntool.bundle import load_bundle
-from cnntool.inference.predict import predict_raw, prediction_record
+from cnntool.inference.predict import prediction_record
+from cnntool.inference.warmup import warm_requests
 from cnntool.serve.batching import MicroBatcher
 from cnntool.serve.metrics import ServerMetrics
 from cnntool.system.threads import set_threads
@@ -94,7 +95,8 @@ class ModelService:
         try:
             if self.bundle is None:
                 self.bundle = await loop.run_in_executor(self.executor, load_bundle, self.path)
-            await loop.run_in_executor(self.executor, warm_up, self.bundle, [1, self.settings.max_batch])
+            sizes = [1, self.settings.max_batch]
+            await loop.run_in_executor(self.executor, warm_requests, self.bundle, sizes)
         except Exception as exc:
             self.failure = f"cannot serve {self.path}: {exc}"
             self.started.set()
@@ -176,13 +178,3 @@ class ModelService:
                 "dataset": dataset.get("name"),
             },
         }
-
-
-def warm_up(bundle: Any, sizes: list[int]) -> None:
-    """Predict once on blank inputs at each batch size, so every kernel is compiled (or
-    loaded from numba's cache) and the workspace made for the largest batch before
-    traffic comes."""
-
-    for size in sizes:
-        blank = np.zeros((size, *bundle.network.input_shape), np.uint8)
-        predict_raw(bundle.network, blank, bundle.preprocessing)

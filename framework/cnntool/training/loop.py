@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from cnntool.compile.plan import compile_in_child
 from cnntool.errors import CnntoolError, DataError
 from cnntool.inference.evaluate import BatchSource, check_labels, evaluate, score
-from cnntool.inference.warmup import compile_for_training
+from cnntool.inference.warmup import compile_for_training, compile_in_child
 from cnntool.training.augmentation import Augmenter
 from cnntool.training.schedules import Schedule
 
@@ -214,7 +213,7 @@ class Trainer:
             xb, _ = source.batch(np.arange(size), 0, size)  # the gathering kernel
             if self.augmenter is not None:
                 self.augmenter(xb, 0)
-            compile_in_child(net)  # so that this process runs the cached code (cnntool.compile.plan)
+            compile_in_child(net)  # so that this process runs the cached code (inference/warmup.py)
             compile_for_training(net, optimizer, size)
             self.compile_seconds = time.perf_counter() - started
             if on_compile is not None:

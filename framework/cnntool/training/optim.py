@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from cnntool.compile.plan import aligned_zeros
+from cnntool.compile.memory import aligned_zeros
 from cnntool.errors import CnntoolError
 from cnntool.kernels.optim import adam_update, sgd_update
 

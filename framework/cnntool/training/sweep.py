@@ -29,10 +29,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cnntool.bundle import atomic_write, load_bundle, save_bundle
+from cnntool.bundle import load_bundle, save_bundle
 from cnntool.errors import CnntoolError, SpecError
 from cnntool.inference.run import ray_cluster
 from cnntool.model.spec import TrainingConfig, validate_spec
+from cnntool.system.files import atomic_write
 from cnntool.training.run import TrainingRun, merge_options
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
