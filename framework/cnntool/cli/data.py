@@ -8,6 +8,9 @@ import typer
 
 from cnntool.cli.output import note, print_json
 
+# The library, numpy, numba, pydantic and rich are imported inside each command, so that
+# `cnntool --help` and shell completion stay fast (cli/__init__.py).
+
 app = typer.Typer(
     name="data",
     help="List, describe and download datasets.",

@@ -9,6 +9,9 @@ import typer
 
 from cnntool.cli.output import print_json
 
+# The library, numpy, numba, pydantic and rich are imported inside each command, so that
+# `cnntool --help` and shell completion stay fast (cli/__init__.py).
+
 # Above this many classes the text report leaves the confusion matrix to --json.
 MATRIX_MAX_CLASSES = 20
 

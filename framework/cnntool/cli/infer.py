@@ -13,6 +13,9 @@ import typer
 from cnntool.cli.output import TerminalBar, note, print_json, stderr_is_terminal
 from cnntool.errors import CnntoolError
 
+# The library, numpy, numba, pydantic and rich are imported inside each command, so that
+# `cnntool --help` and shell completion stay fast (cli/__init__.py).
+
 
 def infer(
     bundle: Annotated[Path, typer.Argument(help="A trained bundle (.cnnb).", show_default=False)],

@@ -9,6 +9,9 @@ import typer
 
 from cnntool.cli.output import print_json
 
+# The library, numpy, numba, pydantic and rich are imported inside each command, so that
+# `cnntool --help` and shell completion stay fast (cli/__init__.py).
+
 FORMAT_HELP = "onnx or safetensors; by default from the file's suffix."
 
 

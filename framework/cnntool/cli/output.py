@@ -9,6 +9,9 @@ from typing import Any
 
 import typer
 
+# The library, numpy, numba, pydantic and rich are imported inside each command, so that
+# `cnntool --help` and shell completion stay fast (cli/__init__.py).
+
 
 def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, allow_nan=False, default=str))

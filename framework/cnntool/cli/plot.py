@@ -9,6 +9,9 @@ import typer
 
 from cnntool.cli.output import note, print_json
 
+# The library, numpy, numba, pydantic and rich are imported inside each command, so that
+# `cnntool --help` and shell completion stay fast (cli/__init__.py).
+
 
 def plot(
     bundle: Annotated[Path, typer.Argument(help="A bundle written by `cnntool train`.", show_default=False)],

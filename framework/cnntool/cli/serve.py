@@ -11,6 +11,9 @@ import typer
 
 from cnntool.cli.output import note
 
+# The library, numpy, numba, pydantic and rich are imported inside each command, so that
+# `cnntool --help` and shell completion stay fast (cli/__init__.py).
+
 
 def serve(
     bundles: Annotated[

@@ -10,6 +10,9 @@ import typer
 from cnntool.cli.output import EpochProgress, note, print_json
 from cnntool.errors import CnntoolError
 
+# The library, numpy, numba, pydantic and rich are imported inside each command, so that
+# `cnntool --help` and shell completion stay fast (cli/__init__.py).
+
 
 def train(
     spec: Annotated[

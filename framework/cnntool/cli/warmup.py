@@ -10,6 +10,9 @@ import typer
 
 from cnntool.cli.output import note, print_json
 
+# The library, numpy, numba, pydantic and rich are imported inside each command, so that
+# `cnntool --help` and shell completion stay fast (cli/__init__.py).
+
 
 def warmup(
     file: Annotated[Path, typer.Argument(help="A spec (.json) or a bundle (.cnnb).", show_default=False)],

@@ -7,8 +7,11 @@ calls each layer declares. Identifiers are unique by construction (`Generator.nu
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
 import re
+import textwrap
 from typing import Any, ClassVar
 
 import numpy as np
@@ -492,9 +495,6 @@ def specialize(kernel: Any, bound: tuple[tuple[str, Any], ...]) -> Any:
     """The kernel's source with the parameters in `bound` removed and their names imported
     as the functions given, in a generated module of its own (written and cached like a
     plan); its name follows its text, which holds a digest of every source it depends on."""
-    import ast
-    import inspect
-    import textwrap
 
     key = (kernel, bound)
     if key not in _specialized:

@@ -37,6 +37,9 @@ try:
 except ImportError:  # Windows: no advisory locks; concurrent downloads are not coordinated
     fcntl = None
 
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
 from cnntool import __version__
 from cnntool.errors import DataError
 
@@ -306,9 +309,6 @@ class TransferProgress:
         self.name, self.total, self.done, self.started = name, total, done, time.perf_counter()
         action = f"resuming {name} at {done / 1e6:.1f} of" if done else f"downloading {name},"
         if self.out.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
             self.bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),

@@ -17,9 +17,15 @@ task's examples and the largest input file, whatever the number of inputs.
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
+import logging
 import os
+import socket
+import time
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from cnntool.bundle import load_bundle, load_bundle_bytes
 from cnntool.data import load_input_file, preprocess
@@ -119,7 +126,6 @@ def count_examples(piece: Piece, input_shape: tuple[int, int, int]) -> int | Non
 
 
 def npy_shape(file: Any) -> tuple[int, ...]:
-    from numpy.lib import format as npy_format
 
     version = npy_format.read_magic(file)
     read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
@@ -292,6 +298,7 @@ def run_here(bundle: Any, tasks: list[list[Piece]]) -> Iterator[list[dict[str, A
 
 def import_ray() -> Any:
     try:
+        # the Ray extra is optional: imported where it is used
         import ray
         import ray.data
     except ImportError:
@@ -304,8 +311,6 @@ def ray_cluster(address: str | None) -> Iterator[Any]:
     """Ray, connected to the cluster at `address` (else RAY_ADDRESS), or to a local cluster
     started for the block and stopped after it; a Ray already initialised in this process is
     used as it is."""
-    import logging
-    import warnings
 
     ray = import_ray()
     # Ray's own notes (deprecated settings inside Ray, execution plans) are not the user's business.
@@ -335,7 +340,6 @@ def ray_cluster(address: str | None) -> Iterator[Any]:
 def check_reachable(address: str) -> None:
     """Fail in seconds, not after Ray's minutes of retries, when nothing listens at `address`
     (host:port, or ray://host:port); "auto" and other forms are left to Ray."""
-    import socket
 
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
@@ -368,6 +372,7 @@ class RayTaskRunner:
     """A Ray Data actor: loads the bundle once, sets its threads, then maps task rows to rows."""
 
     def __init__(self, bundle: list, threads: int) -> None:
+        # the Ray extra is optional: imported where it is used
         import ray
 
         set_threads(threads)
@@ -395,7 +400,6 @@ def run_on_ray(
     """The rows of each task, in order, computed by an actor pool on Ray Data. The kernel
     cache is warmed here first, so the workers load compiled kernels instead of compiling.
     `on_ready` is told, in words, the cluster and the pool once Ray is up."""
-    import time
 
     started = time.perf_counter()
     with ray_cluster(address) as ray:
@@ -437,6 +441,7 @@ def output_format(out: Path) -> str:
         )
     if kind == "parquet":
         try:
+            # pyarrow comes with the optional Ray extra: imported where it is used
             import pyarrow
             import pyarrow.parquet  # noqa: F401
         except ImportError:
@@ -466,8 +471,6 @@ def row_writer(out: Path, classes: list[str]) -> Iterator[Callable[[list[dict[st
 
 def csv_rows(handle: Any, classes: list[str]) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
     """CSV with one probability column per class, `p_<label>`."""
-    import csv
-    import io
 
     text = io.TextIOWrapper(handle, encoding="utf-8", newline="", write_through=True)
     writer = csv.writer(text)
@@ -485,6 +488,7 @@ def csv_rows(handle: Any, classes: list[str]) -> Iterator[Callable[[list[dict[st
 
 
 def parquet_rows(handle: Any) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
+    # pyarrow comes with the optional Ray extra: imported where it is used
     import pyarrow as pa
     import pyarrow.parquet as pq
 

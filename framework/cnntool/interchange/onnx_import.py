@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from cnntool.bundle import model_digest
 from cnntool.errors import CnntoolError, InterchangeError, checked_path, exception_text
@@ -429,7 +430,6 @@ class Converter:
         state: dict | None = None,
     ) -> Value:  # fmt: skip
         """A layer for `node` reading `inputs`: named, its shape inferred by its own class."""
-        from pydantic import ValidationError
 
         kind = config["type"]
         weight = node.input[1] if params and len(node.input) > 1 else ""

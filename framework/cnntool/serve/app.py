@@ -28,10 +28,12 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from swagger_ui_bundle import swagger_ui_path
 
 from cnntool import __version__
 from cnntool.errors import InputError, LayerError
@@ -354,7 +356,6 @@ def check_version(models: ModelSet, name: str, version: str) -> None:
 def add_docs(app: FastAPI, models: ModelSet) -> None:
     """Swagger UI at /docs from the assets of the installed `swagger-ui-bundle-v2` (no CDN), and
     an OpenAPI schema whose request examples fit the served models."""
-    from swagger_ui_bundle import swagger_ui_path
 
     app.mount(SWAGGER_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui-assets")
 
@@ -374,7 +375,6 @@ def add_docs(app: FastAPI, models: ModelSet) -> None:
 def openapi_for(app: FastAPI, models: ModelSet) -> Callable[[], dict[str, Any]]:
     """The app's OpenAPI schema, completed once the models are loaded: the JSON bodies of the
     predict and infer routes then describe (and give as examples) inputs of the served shapes."""
-    from fastapi.openapi.utils import get_openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:

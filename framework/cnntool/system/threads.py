@@ -12,10 +12,13 @@ at one. numba's own pool is set to the same count for any kernel that uses prang
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from cnntool.errors import CnntoolError
 from cnntool.system.cpu import load_blas
@@ -57,7 +60,6 @@ def set_threads(threads: int | None = None) -> int:
     global _configured, _pool
     # numba takes a second to import: only when threads are set, not for `cnntool --help`.
     import numba
-    from threadpoolctl import threadpool_limits
 
     load_blas()  # the BLAS the kernels call, so that it is limited too
 
@@ -106,10 +108,6 @@ def blas_thread_setter() -> Any:
     """OpenBLAS's own thread-count function in the library the kernels call, or None."""
     global _blas_setter
     if _blas_setter is None:
-        import ctypes
-
-        from threadpoolctl import threadpool_info
-
         load_blas()
 
         _blas_setter = False

@@ -13,10 +13,13 @@ import sys
 import tempfile
 import traceback
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import distribution as find_distribution
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from cnntool.bundle import load_bundle, read_bundle, save_bundle
 from cnntool.errors import CnntoolError, PluginError, SpecError, exception_text
@@ -57,7 +60,6 @@ def make_layer(
 
 def validate_layer_config(config: dict, registry: Any) -> Any:
     """A one-layer spec model holding `config`, validated (shapes are not checked here)."""
-    from pydantic import ValidationError
 
     data = {"input_shape": [1, 1, 1], "layers": [config]}
     try:
@@ -343,8 +345,6 @@ def check_distribution(
 
 def no_layer_types_message(distribution: str, registry: Any) -> str:
     """Why a distribution has no layer types in this registry."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import distribution as find_distribution
 
     try:
         found = find_distribution(distribution)

@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from cnntool.errors import CnntoolError
 from cnntool.layers.base import Layer, Ref, Sync, kernel_parameters
@@ -55,7 +56,6 @@ def bounds_checked_kernel(kernel: Any) -> Any:
     if py_func is None or getattr(kernel, "__module__", "").split(".")[0] == "cnntool":
         _checked[kernel] = kernel
         return kernel
-    from numba import njit
 
     options = {
         k: v for k, v in getattr(kernel, "targetoptions", {}).items() if k not in ("cache", "nopython")

@@ -20,6 +20,7 @@ SERIES = (("loss", "loss"), ("accuracy", "accuracy"))
 
 def require_matplotlib() -> Any:
     try:
+        # matplotlib is the optional plot extra: imported where it is used
         import matplotlib
     except ImportError:
         raise CnntoolError(
@@ -34,6 +35,7 @@ def history_figure(history: list[dict], *, title: str | None = None, best_epoch:
     panel of the learning rate each epoch ended with (where the history records it); a
     dotted vertical line marks `best_epoch` (early stopping's pick)."""
     require_matplotlib()
+    # matplotlib is the optional plot extra: imported where it is used
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator

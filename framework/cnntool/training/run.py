@@ -18,6 +18,7 @@ threads give the same final weights as a run that was never interrupted.
 
 from __future__ import annotations
 
+import difflib
 import json
 import signal
 import threading
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from cnntool.bundle import load_bundle, model_digest, save_bundle
 from cnntool.data import load_dataset, preprocessing_for, split_validation
@@ -455,8 +457,6 @@ def merge_options(from_spec: Any, overrides: dict[str, Any], model: Any) -> Any:
     try:
         return model.model_validate(base)
     except Exception as exc:
-        from pydantic import ValidationError
-
         if isinstance(exc, ValidationError):
             raise SpecError("invalid training options: " + format_errors(exc, base)) from None
         raise
@@ -544,7 +544,6 @@ def init_from_bundle(net: Any, path: Path) -> list[str]:
 def frozen_keys(net: Any, names: list[str]) -> list[str]:
     """The parameter keys of the layers `names`; an unknown name or one without parameters
     is an error naming the nearest layer."""
-    import difflib
 
     with_params = [layer.name for layer in net.layers if layer.params]
     keys = []

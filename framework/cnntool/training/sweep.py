@@ -27,6 +27,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from cnntool.bundle import load_bundle, save_bundle
@@ -184,6 +185,7 @@ def check_space(space: Any, spec: dict) -> None:
 
 
 def tune_space(space: dict) -> dict:
+    # the Ray extra is optional: imported where it is used
     from ray import tune
 
     result = {}
@@ -199,6 +201,7 @@ def tune_space(space: dict) -> dict:
 def run_trial(config: dict, settings: dict, trials_dir: str, threads: int) -> None:
     """A Ray Tune trial: train with `config`, write the bundle and report after every epoch;
     continue from the bundle when Tune restarts the trial (a resumed sweep)."""
+    # the Ray extra is optional: imported where it is used
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
@@ -333,6 +336,7 @@ def run_sweep(
     # --json on stdout; with the classic reporter, verbose=0 prints nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     with ray_cluster(address) as ray:
+        # the Ray extra is optional: imported where it is used
         from ray import tune
 
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -375,6 +379,7 @@ def run_sweep(
 
 
 def make_scheduler(settings: SweepSettings) -> Any:
+    # the Ray extra is optional: imported where it is used
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if settings.scheduler == "asha":
@@ -384,6 +389,7 @@ def make_scheduler(settings: SweepSettings) -> Any:
 
 def report_callback(metric: str, on_event: Any) -> Any:
     """A Tune callback telling `on_event` one line per trial epoch, failure and end."""
+    # the Ray extra is optional: imported where it is used
     from ray import tune
 
     class Report(tune.Callback):
@@ -466,7 +472,6 @@ def leaderboard(out_dir: Path, settings: SweepSettings, results: Any) -> dict:
 
 def record_trial(path: Path, entry: dict, settings: SweepSettings) -> None:
     """Rewrite a trial bundle with `meta.sweep`: the trial, its config, the seed, the metric."""
-    from types import SimpleNamespace
 
     bundle = load_bundle(path)
     meta = dict(bundle.meta)
