@@ -220,7 +220,7 @@ def _transfer(url: str, part: Path, remote: RemoteFile, timeout: float, progress
             raise _Interrupted("HTTP 416 for the rest of the partial file; starting over") from None
         raise _Refused(f"HTTP {exc.code} {exc.reason}") from None
     except (OSError, http.client.HTTPException) as exc:
-        raise _Unreachable(_describe(exc, timeout)) from None
+        raise _Unreachable(_network_failure(exc, timeout)) from None
     with response:
         if have and not _continues(response, have):
             have = 0
@@ -252,7 +252,7 @@ def _copy(
                 break
             except (OSError, http.client.HTTPException) as exc:
                 raise _Interrupted(
-                    f"{_describe(exc, timeout)}; {have} of {remote.bytes} bytes arrived"
+                    f"{_network_failure(exc, timeout)}; {have} of {remote.bytes} bytes arrived"
                 ) from None
             if not chunk:
                 break
@@ -277,7 +277,7 @@ def _continues(response, have: int) -> bool:
     return response.status == 206 and content_range.startswith(f"bytes {have}-")
 
 
-def _describe(exc: BaseException, timeout: float) -> str:
+def _network_failure(exc: BaseException, timeout: float) -> str:
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
     if isinstance(reason, TimeoutError):
         return f"timed out after {timeout:g} s"

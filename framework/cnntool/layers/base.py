@@ -434,7 +434,7 @@ class Layer:
             self._buffers[key] = array
         return array
 
-    def describe(self) -> dict[str, Any]:
+    def config_dict(self) -> dict[str, Any]:
         """The layer's config as JSON-safe data, without defaults left implicit."""
         data = self.config.model_dump(mode="json")
         data["name"] = self.name

@@ -176,7 +176,7 @@ def layer_rows(layers: list) -> list[dict[str, Any]]:
                 "output_shape": list(layer.output_shape),
                 "params": sum(math.prod(shape) for shape in shapes.values()),
                 "flops": int(layer.flops(layer.input_shape)),
-                "config": hyperparameters(layer.describe()),
+                "config": hyperparameters(layer.config_dict()),
                 "weights": {key: list(shape) for key, shape in shapes.items()},
             }
         )

@@ -7,7 +7,7 @@ training recipe, as pydantic models that know nothing of layer types. The regist
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -15,6 +15,12 @@ MAX_INPUT_ELEMENTS = 1 << 26
 MAX_SPEC_BYTES = 16 << 20
 
 Dim = Annotated[int, Field(ge=1, le=1 << 16)]
+
+
+# What an epoch's record holds that training watches (early stopping, plateau, the best
+# epoch) and a sweep ranks by: the one list, for the spec, the trainer and the sweeps.
+Monitor = Literal["val_loss", "val_accuracy", "loss", "accuracy"]
+MONITORS: tuple[str, ...] = get_args(Monitor)
 
 
 class TrainingConfig(BaseModel):
@@ -48,7 +54,7 @@ class TrainingConfig(BaseModel):
     warmup_epochs: Annotated[int, Field(ge=0, le=100_000)] = Field(
         default=0, description="Epochs over which the learning rate rises linearly, step by step, to lr."
     )
-    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = Field(
+    monitor: Monitor = Field(
         default="val_loss", description="The metric early stopping and the plateau schedule watch."
     )
     early_stopping: Annotated[int, Field(ge=0, le=100_000)] | None = Field(

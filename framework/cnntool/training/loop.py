@@ -24,6 +24,7 @@ import numpy as np
 from cnntool.errors import CnntoolError, DataError
 from cnntool.inference.evaluate import BatchSource, check_labels, evaluate, score
 from cnntool.inference.warmup import compile_for_training, compile_in_child
+from cnntool.model.spec_fields import MONITORS
 from cnntool.training.augmentation import Augmenter
 from cnntool.training.schedules import Schedule
 
@@ -47,7 +48,6 @@ BatchCallback = Callable[[int, int], None]
 # Called with None before the kernels are compiled (or loaded from the cache), then with
 # the seconds it took.
 CompileCallback = Callable[[float | None], None]
-MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
 
 
 class TrainingDiverged(CnntoolError):

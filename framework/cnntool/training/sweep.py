@@ -34,11 +34,11 @@ from cnntool.bundle import load_bundle, save_bundle
 from cnntool.errors import CnntoolError, SpecError
 from cnntool.inference.run import ray_cluster
 from cnntool.model.spec import TrainingConfig, validate_spec
+from cnntool.model.spec_fields import MONITORS
 from cnntool.system.files import atomic_write
 from cnntool.training.run import TrainingRun, merge_options
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
-METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")
 SCHEDULERS = ("fifo", "asha")
 # Options a trial may not draw: the sweep sets them, or they are files.
 NOT_SWEPT = ("data", "epochs", "log", "checkpoint_every", "seed")
@@ -282,8 +282,8 @@ def prepare(
 ) -> SweepSettings:
     """Check everything before Ray starts, and write DIR/sweep.json."""
 
-    if metric not in METRICS:
-        raise CnntoolError(f"--metric must be one of {', '.join(METRICS)}; received {metric!r}")
+    if metric not in MONITORS:
+        raise CnntoolError(f"--metric must be one of {', '.join(MONITORS)}; received {metric!r}")
     if scheduler not in SCHEDULERS:
         raise CnntoolError(f"--scheduler must be fifo or asha; received {scheduler!r}")
     if (out_dir / SETTINGS_FILE).exists():
@@ -427,7 +427,7 @@ def leaderboard(out_dir: Path, settings: SweepSettings, results: Any) -> dict:
             "config": dict(result.config or {}),
             "status": "finished",
             "epochs": metrics.get("epoch"),
-            **{name: metrics.get(name) for name in METRICS},
+            **{name: metrics.get(name) for name in MONITORS},
             "bundle": str(bundle) if bundle.is_file() else None,
             "error": None,
         }
