@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, TypedDict
 
 import typer
 
 from cnntool.cli.output import print_json
+
+
+class LayerRow(TypedDict):
+    """One layer type in `cnntool layers` (and its --json)."""
+
+    type: str
+    distribution: str
+    version: str
+    provider: str
+    object: str
+    builtin: bool
+    status: str
+    error: str | None
 
 
 def layers(
@@ -22,8 +35,9 @@ def layers(
     claims = [(name, [entry]) for name, entry in registry.types.items()]
     claims += [(entry.name, [entry]) for entry in registry.rejected]
     claims += list(registry.conflicts.items())
-    rows = []
+    rows: list[LayerRow] = []
     for name, entries in sorted(claims, key=lambda claim: (claim[0], claim[1][0].builtin is False)):
+        error: str | None
         if len(entries) > 1:
             status, error = "conflict", conflict_message(name, entries)
         elif entries[0] in registry.rejected:
