@@ -63,8 +63,7 @@ def set_threads(threads: int | None = None) -> int:
 
     global _blas_threads
     count = requested_threads(threads)
-    # numba.config sets its NUMBA_* attributes from the environment at import (globals()).
-    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]  # numba.config sets NUMBA_* from the environment at import (globals())
     threadpool_limits(limits=1, user_api="blas")
     _blas_threads = 1
     if _pool is not None and count != _configured:
