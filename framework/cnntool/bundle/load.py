@@ -32,7 +32,7 @@ def build_bundle(raw: RawBundle, registry: Any = None) -> Bundle:
 
     registry = registry or get_registry()
     where = str(raw.path)
-    providers = raw.meta.get("providers") if isinstance(raw.meta.get("providers"), dict) else {}
+    providers = listed if isinstance(listed := raw.meta.get("providers"), dict) else {}
     missing = missing_layer_types(raw.spec, providers, registry)
     if missing:
         raise BundleError(f"{where}: cannot build the network: " + "; ".join(missing))

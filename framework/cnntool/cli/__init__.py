@@ -12,7 +12,7 @@ import difflib
 import functools
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -21,7 +21,7 @@ from typer.core import TyperGroup
 try:  # Typer 0.24 and later carry their own copy of click
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover
-    from click import exceptions as click_errors
+    from click import exceptions as click_errors  # type: ignore[no-redef]  # older Typer: click's
 
 from cnntool import __version__
 from cnntool.errors import CnntoolError
@@ -37,20 +37,28 @@ class CnntoolGroup(TyperGroup):
         _debug = "--debug" in args
         return super().parse_args(ctx, [arg for arg in args if arg != "--debug"])
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **kwargs: Any,
+    ) -> Any:
         """Click's main, with its usage errors (an unknown option, a bad value, a missing
         argument) as one `error:` line naming the nearest valid option, exit code 2."""
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **kwargs)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **kwargs)
         except click_errors.NoArgsIsHelpError as exc:
             exc.show()
             sys.exit(0)
         except click_errors.ClickException as exc:
             typer.echo(f"error: {usage_error(exc)}", err=True)
             sys.exit(exc.exit_code)
-        except click_errors.Abort:
+        except typer.Abort:  # typer's own (Typer 0.24 and later keep none in click_errors)
             typer.echo("error: aborted", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
@@ -190,4 +198,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

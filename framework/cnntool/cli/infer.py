@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cnntool.cli.output import TerminalBar, note, print_json, stderr_is_terminal
 from cnntool.errors import CnntoolError
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 # The library, numpy, numba, pydantic and rich are imported inside each command, so that
 # `cnntool --help` and shell completion stay fast (cli/__init__.py).
@@ -152,6 +155,8 @@ def text_line(record: dict[str, Any]) -> str:
 
 class RowProgress(TerminalBar):
     """A progress bar over the examples on a terminal; nothing otherwise."""
+
+    task: TaskID  # the bar's, when there is one
 
     def __init__(self, total: int) -> None:
         self.bar = None

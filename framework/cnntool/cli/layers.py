@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, TypedDict
 
 import typer
 
@@ -11,6 +11,19 @@ from cnntool.cli.output import print_json
 
 # The library, numpy, numba, pydantic and rich are imported inside each command, so that
 # `cnntool --help` and shell completion stay fast (cli/__init__.py).
+
+
+class LayerRow(TypedDict):
+    """One layer type in `cnntool layers` (and its --json)."""
+
+    type: str
+    distribution: str
+    version: str
+    provider: str
+    object: str
+    builtin: bool
+    status: str
+    error: str | None
 
 
 def layers(
@@ -25,8 +38,9 @@ def layers(
     claims = [(name, [entry]) for name, entry in registry.types.items()]
     claims += [(entry.name, [entry]) for entry in registry.rejected]
     claims += list(registry.conflicts.items())
-    rows = []
+    rows: list[LayerRow] = []
     for name, entries in sorted(claims, key=lambda claim: (claim[0], claim[1][0].builtin is False)):
+        error: str | None
         if len(entries) > 1:
             status, error = "conflict", conflict_message(name, entries)
         elif entries[0] in registry.rejected:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 # The library, numpy, numba, pydantic and rich are imported inside each command, so that
 # `cnntool --help` and shell completion stay fast (cli/__init__.py).
@@ -41,9 +44,9 @@ class TerminalBar:
     """A rich progress bar (`self.bar`) shown while the `with` block runs, or None when
     there is no terminal; subclasses make the bar and feed it."""
 
-    bar: Any = None
+    bar: Progress | None = None
 
-    def __enter__(self) -> TerminalBar:
+    def __enter__(self) -> Self:
         if self.bar is not None:
             self.bar.start()
         return self
@@ -62,7 +65,7 @@ class EpochProgress(TerminalBar):
         self.enabled = enabled
         self.batch_size = batch_size
         self.bar = None
-        self.task = None
+        self.task: TaskID | None = None
         self.started: float | None = None  # when the first batch of this epoch ended
         if enabled and (console is not None or stderr_is_terminal()):
             from rich.console import Console
@@ -116,6 +119,7 @@ class EpochProgress(TerminalBar):
                 self.task = self.bar.add_task(message, total=None, rate="")
             else:
                 self.bar.console.print(f"{message} {seconds:.1f}s")
+                assert self.task is not None  # added by the call before, with seconds None
                 self.bar.remove_task(self.task)
                 self.task = None
         elif seconds is None:

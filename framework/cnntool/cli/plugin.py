@@ -78,8 +78,8 @@ def render(name: str, version: str, results: list) -> None:
         example = "not checked" if result.config is None else describe_example(result)
         outcome = "skip" if result.skipped else "ok" if result.ok else "FAILED"
         rows.setdefault((result.type, example), {})[result.check] = outcome
-    for (layer_type, example), outcome in rows.items():
-        table.add_row(layer_type, example, *(outcome.get(check, "-") for check in CHECKS))
+    for (layer_type, example), outcomes in rows.items():
+        table.add_row(layer_type, example, *(outcomes.get(check, "-") for check in CHECKS))
     console.print(table)
     for result in results:
         if not result.ok:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from pathlib import Path
@@ -97,9 +98,11 @@ def serve(
         f"{threads} thread(s) each{'; API key required' if api_key else ''}; "
         "drawing page at /, API docs at /docs"
     )
-    options = {"host": host, "port": port, "access_log": access_log, "timeout_graceful_shutdown": 10}
+    run = functools.partial(
+        uvicorn.run, host=host, port=port, access_log=access_log, timeout_graceful_shutdown=10
+    )
     if workers == 1:
-        uvicorn.run(create_app(settings, loaded), **options)
+        run(create_app(settings, loaded))
         return
     # Compile (or load from numba's cache) every kernel once here, so the workers find the
     # cache filled instead of all compiling at the same time.
@@ -107,7 +110,7 @@ def serve(
     for bundle in loaded.values():
         warm_requests(bundle, [1])
     settings.to_environment()
-    uvicorn.run("cnntool.serve.app:app_from_environment", factory=True, workers=workers, **options)
+    run("cnntool.serve.app:app_from_environment", factory=True, workers=workers)
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -82,6 +82,8 @@ def sweep(
                 f"missing {', '.join(missing)}: "
                 "cnntool sweep SPEC --data DATA --space SPACE.json --out-dir DIR"
             )
+        # usage() exits: none of them is missing here.
+        assert spec is not None and data is not None and space is not None and out_dir is not None
         settings = sweeps.prepare(
             spec, data, space, out_dir, trials=trials, epochs=epochs, metric=metric, scheduler=scheduler,
             max_concurrent=max_concurrent, seed=seed,
@@ -101,7 +103,7 @@ def sweep(
         raise CnntoolError(f"every trial failed; their errors are in {directory / 'trials'}")
 
 
-def usage(message: str) -> None:
+def usage(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 

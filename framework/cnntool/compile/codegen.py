@@ -283,7 +283,7 @@ class Generator:
         correct count, zero but for the part computing the loss."""
         if not any(line.lstrip().startswith(SYNC_MARK) for line in body):
             return []
-        made = {}  # the reshaped views (V, GV) a later part may use, by name
+        made: dict[str, str] = {}  # the reshaped views (V, GV) a later part may use, by name
         for line in body:
             view = re.match(r"\s*(G?V\d+) = ", line)
             if view:
@@ -306,7 +306,7 @@ class Generator:
                 if name not in needed and not re.search(rf"^\s*{name} = ", text, re.M):
                     needed.append(name)
                     pending += [other for other in re.findall(r"\bG?V\d+\b", made[name]) if other != name]
-            views = [line for line in made.values() if re.match(r"\s*(G?V\d+) = ", line)[1] in needed]
+            views = [line for name, line in made.items() if name in needed]
             result = "loss, correct" if re.search(r"^\s*loss, correct = ", text, re.M) else "0.0, 0"
             name = f"train_part{number}"
             self.parts.append(name)
@@ -423,12 +423,12 @@ class Generator:
             [f"{ind}if training:", *train_lines, f"{ind * 2}return {outs_train[-1]}",
              *infer_lines],
         ))  # fmt: skip
-        views, saved, _ = self.forward_lines(len(net.layers), True, ind, compute=False)
+        reshapes, saved, _ = self.forward_lines(len(net.layers), True, ind, compute=False)
         backward, grad_x = self.backward_lines(len(net.layers), saved, "grad", True, ind)
         functions.append((
             "backward", "grad, x",
             ["dL/dx from dL/d(output) after a forward in training mode; fills every", "parameter gradient."],
-            [*views, *backward, f"{ind}return {grad_x}"],
+            [*reshapes, *backward, f"{ind}return {grad_x}"],
         ))  # fmt: skip
         lines, saved, outs = self.forward_lines(head, True, ind)
         backward, _ = self.backward_lines(head, saved, "grad_logits", False, ind)

@@ -30,18 +30,21 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; concurrent downloads are not coordinated
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # the module is absent there; checked before use
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from cnntool import __version__
 from cnntool.errors import DataError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 TIMEOUT_ENV = "CNNTOOL_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT = 5.0
@@ -292,8 +295,8 @@ class TransferProgress:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
-        self.bar = None
-        self.task = None
+        self.bar: Progress | None = None  # with the task on it, on a terminal
+        self.task: TaskID | None = None
         self.name = ""
         self.total = self.done = 0
         self.started = 0.0
@@ -324,7 +327,7 @@ class TransferProgress:
 
     def advance(self, count: int) -> None:
         self.done += count
-        if self.bar is not None:
+        if self.bar is not None and self.task is not None:  # both or neither
             self.bar.update(self.task, completed=self.done)
 
     def stop(self) -> None:

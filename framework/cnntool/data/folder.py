@@ -180,7 +180,8 @@ def _class_files(
 def _hold_out(files: list[tuple[Path, int]], classes: int) -> tuple[list, list]:
     """Split each class: round(TEST_FRACTION * n) for testing (at least one left to train)."""
     rng = np.random.default_rng(SPLIT_SEED)
-    train, test = [], []
+    train: list[tuple[Path, int]] = []
+    test: list[tuple[Path, int]] = []
     for label in range(classes):
         members = [item for item in files if item[1] == label]
         count = min(round(TEST_FRACTION * len(members)), len(members) - 1)
@@ -192,7 +193,8 @@ def _hold_out(files: list[tuple[Path, int]], classes: int) -> tuple[list, list]:
 
 def _most_common_format(paths: list[Path]) -> tuple[str, tuple[int, int]]:
     """The most common mode ("L" or "RGB") and size (width, height), from the file headers."""
-    modes, sizes = Counter(), Counter()
+    modes: Counter[str] = Counter()
+    sizes: Counter[tuple[int, int]] = Counter()
     for path in paths:
         try:
             with Image.open(path) as image:

@@ -75,6 +75,7 @@ def read_idx(path: Path, ndim: int) -> tuple[np.ndarray, dict]:
     `{"name", "sha256", "bytes"}` for dataset provenance.
     """
     header_bytes = 4 + 4 * ndim
+    data: bytearray | memoryview  # read from gzip, or a view of the plain file's bytes
     try:
         with path.open("rb") as file:
             compressed = file.read(len(GZIP_MAGIC)) == GZIP_MAGIC

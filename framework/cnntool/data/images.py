@@ -208,8 +208,7 @@ def _mnist_style(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     scale = box / max(crop.shape)
     digit_height = max(1, round(crop.shape[0] * scale))
     digit_width = max(1, round(crop.shape[1] * scale))
-    digit = Image.fromarray(crop).resize((digit_width, digit_height), Image.Resampling.LANCZOS)
-    digit = np.asarray(digit)
+    digit = np.asarray(Image.fromarray(crop).resize((digit_width, digit_height), Image.Resampling.LANCZOS))
 
     # Place the digit so its centre of mass lands on the frame's centre, (size - 1) / 2,
     # without pushing any of it out of the frame.

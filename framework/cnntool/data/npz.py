@@ -5,10 +5,11 @@ bytes the zip actually holds before anything is allocated, pickled object arrays
 and every failure becomes a `DataError` that names the file and the member.
 """
 
+import io
 import math
 import zipfile
 import zlib
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -20,7 +21,7 @@ DATASET_KEYS = ("x_train", "y_train", "x_test", "y_test")
 CLASSES_KEY = "classes"
 
 
-def read_npy(file: BinaryIO, size: int) -> np.ndarray:
+def read_npy(file: io.BufferedIOBase, size: int) -> np.ndarray:
     """Read one .npy array from `file`, which holds `size` bytes from its current position.
 
     The header must declare exactly as many data bytes as the file holds, so a lying header
@@ -93,6 +94,6 @@ def _read_member(archive: zipfile.ZipFile, member: str, where: str, key: str) ->
     info = archive.getinfo(member)
     try:
         with archive.open(info) as file:
-            return read_npy(file, info.file_size)
+            return read_npy(cast(io.BufferedIOBase, file), info.file_size)  # a ZipExtFile
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{where}: array {key}: {exc}") from exc

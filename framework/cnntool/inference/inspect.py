@@ -99,7 +99,7 @@ def stored_layout(raw: Any, registry: Any) -> dict[str, Any]:
     for index, layer in enumerate(layers):
         layer = layer if isinstance(layer, dict) else {}
         name = str(layer.get("name", f"layer{index}"))
-        inputs = layer.get("inputs") if isinstance(layer.get("inputs"), list) else [previous]
+        inputs = listed if isinstance(listed := layer.get("inputs"), list) else [previous]
         inputs = [str(source) for source in inputs]
         # Shapes follow a layer reading one input; a merge layer's are left unknown here.
         shape = shapes.get(inputs[0]) if len(inputs) == 1 else None

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -186,7 +186,7 @@ class InputReader:
     preprocessed whole; uint8 pixels piece by piece."""
 
     def __init__(self, input_shape: tuple[int, int, int], preprocessing: dict) -> None:
-        self.input_shape = tuple(input_shape)
+        self.input_shape = cast("tuple[int, int, int]", tuple(input_shape))  # a tuple of the given
         self.preprocessing = preprocessing
         self.cached: tuple[str, np.ndarray | CnntoolError] | None = None
 
@@ -200,10 +200,10 @@ class InputReader:
                 self.cached = (piece.input, batch)
             except CnntoolError as exc:
                 self.cached = (piece.input, exc)
-        batch = self.cached[1]
-        if isinstance(batch, CnntoolError):
-            raise batch
-        part = batch[piece.start : piece.stop]
+        held = self.cached[1]
+        if isinstance(held, CnntoolError):
+            raise held
+        part = held[piece.start : piece.stop]
         return preprocess(part, self.preprocessing) if part.dtype == np.uint8 else part
 
     def load(self, piece: Piece) -> np.ndarray:
@@ -221,7 +221,7 @@ class InputReader:
                 with zipfile.ZipFile(path) as archive:
                     info = archive.getinfo(npz_member(archive, str(path)))
                     with archive.open(info) as file:
-                        array = read_npy(file, info.file_size)
+                        array = read_npy(cast(io.BufferedIOBase, file), info.file_size)  # a ZipExtFile
             except FileNotFoundError:
                 raise InputError(f"{path}: file not found") from None
             except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
@@ -453,7 +453,7 @@ def output_format(out: Path) -> str:
 
 
 @contextmanager
-def row_writer(out: Path, classes: list[str]) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
+def row_writer(out: Path, classes: list[str]) -> Iterator[Callable[[list[dict[str, Any]]], object]]:
     """A function writing rows to `out` (.jsonl, .csv or .parquet), which appears, complete,
     only when the block ends without error."""
 

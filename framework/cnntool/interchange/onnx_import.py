@@ -31,7 +31,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 import numpy as np
 from pydantic import ValidationError
@@ -50,7 +50,7 @@ from cnntool.interchange.common import (
     sha256_of,
     write_imported,
 )
-from cnntool.layers.base import ShapeError, padding_sides
+from cnntool.layers.base import InputShape, ShapeError, padding_sides, pair
 from cnntool.model.registry import get_registry
 
 MIN_OPSET = 13
@@ -274,8 +274,9 @@ class Converter:
                 f"{self.where}: input {value.name!r} is ({shown}) of ONNX type {tensor.elem_type}; cnntool "
                 "takes float32 (batch, channels, height, width) with fixed channels, height and width"
             )
-        self.values[value.name] = Value("input", tuple(dims[1:]))
-        return tuple(dims[1:])  # type: ignore[return-value]
+        shape = cast("tuple[int, int, int]", tuple(dims[1:]))  # checked above: three, none None
+        self.values[value.name] = Value("input", shape)
+        return shape
 
     def live_nodes(self, output: str) -> list[Any]:
         """The nodes the output depends on, in the graph's order."""
@@ -289,11 +290,11 @@ class Converter:
         live: set[int] = set()
         stack = [output]
         while stack:
-            index = producer.get(stack.pop())
-            if index is None or index in live:
+            at = producer.get(stack.pop())
+            if at is None or at in live:
                 continue
-            live.add(index)
-            stack.extend(self.graph.node[index].input)
+            live.add(at)
+            stack.extend(self.graph.node[at].input)
         return [node for index, node in enumerate(self.graph.node) if index in live]
 
     def convert_node(self, node: Any) -> None:
@@ -343,6 +344,12 @@ class Converter:
 
     def is_constant(self, name: str) -> bool:
         return name in self.constants or name in self.initializers
+
+    @overload
+    def constant(self, node: Any, index: int, required: Literal[True] = True) -> np.ndarray: ...
+
+    @overload
+    def constant(self, node: Any, index: int, required: bool) -> np.ndarray | None: ...
 
     def constant(self, node: Any, index: int, required: bool = True) -> np.ndarray | None:
         name = node.input[index] if index < len(node.input) else ""
@@ -438,7 +445,8 @@ class Converter:
         try:
             layer = layer_class(layer_class.Config.model_validate({**config, "name": name}))
             shapes = tuple(v.shape for v in inputs)
-            shape = tuple(layer.compute_output_shape(shapes if layer.multi_input else shapes[0]))
+            given: InputShape = shapes if layer.multi_input else shapes[0]
+            shape = tuple(layer.compute_output_shape(given))
         except ValidationError as exc:
             raise Unsupported(
                 "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -562,7 +570,7 @@ class Converter:
         """cnntool's `padding` for ONNX's pads: equal on both sides, or the extra at the bottom
         and right as 'same' puts it."""
         auto = attrs.get("auto_pad", "NOTSET")
-        same = padding_sides(x.shape[1], x.shape[2], tuple(kernel), tuple(strides), "same")
+        same = padding_sides(x.shape[1], x.shape[2], pair(kernel), pair(strides), "same")
         if auto == "VALID":
             return 0
         if auto == "SAME_UPPER":

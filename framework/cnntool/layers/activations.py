@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from cnntool.kernels.activations_extra import sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward
 from cnntool.layers.base import GRAD_OUT, Array, Call, Layer, LayerConfig, Shape, X, buf
@@ -25,7 +25,7 @@ class Sigmoid(Layer):
 
     Kernels (cnntool.kernels.activations_extra): sigmoid_forward, sigmoid_backward."""
 
-    Config = SigmoidConfig
+    Config: ClassVar[type[LayerConfig]] = SigmoidConfig  # Tanh has its own
     kernels = (sigmoid_forward, sigmoid_backward)
     onnx_op = "Sigmoid"
 

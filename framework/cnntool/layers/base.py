@@ -46,15 +46,21 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Iterator
-from typing import Annotated, Any, ClassVar, NamedTuple, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cnntool.errors import SpecError
 
+if TYPE_CHECKING:
+    from cnntool.layers.epilogue import Epilogue
+
 Shape = tuple[int, ...]
+# The input shape a layer is given: a Shape, or for a merge layer (`multi_input`) a tuple of
+# them, one per input. Any, as which of the two follows `multi_input`, which mypy cannot see.
+InputShape = Any
 
 
 class OnnxBuilder(Protocol):
@@ -74,6 +80,14 @@ class OnnxBuilder(Protocol):
 # (layer, kernel, arrays) instead of calling the kernel: `tools/bench.py --profile` times
 # every kernel this way.
 KERNEL_TIMER: Callable[[Any, Any, list], None] | None = None
+
+
+class Pooling(Protocol):
+    """A pooling layer (one whose `reduction` is set), as a layer fusing it reads it: its
+    window, (pool height, pool width, stride down, stride across)."""
+
+    @property
+    def window(self) -> tuple[int, int, int, int]: ...
 
 
 class Ref(NamedTuple):
@@ -155,6 +169,10 @@ def kernel_parameters(kernel: Callable) -> tuple[str, ...]:
     """The parameter names of a kernel (of the Python function a numba dispatcher wraps)."""
     return tuple(inspect.signature(getattr(kernel, "py_func", kernel)).parameters)
 
+
+# What Layer._run runs: kernel calls, Sync points, and (kernel, arguments) pairs, as
+# cnntool.testing.kit passes kernels wrapped to be bounds-checked.
+Step = Call | Sync | tuple[Callable[..., Any], tuple[Any, ...]]
 
 X = Ref("x")
 GRAD_OUT = Ref("grad_out")
@@ -238,7 +256,7 @@ class Layer:
     arity: ClassVar[tuple[int, int | None]] = (1, 1)
     # For an elementwise activation: its name ("relu"), which a layer before it may apply
     # inside its own kernels instead (see `fuses`).
-    epilogue: ClassVar[str | None] = None
+    epilogue: ClassVar[str | Epilogue | None] = None
     # For a pooling layer: "max" or "mean", for layers that fuse a pooling after them.
     reduction: ClassVar[str | None] = None
 
@@ -248,8 +266,8 @@ class Layer:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.state: dict[str, np.ndarray] = {}
-        self.input_shape: Any = None  # a Shape, or a tuple of them for a merge layer
-        self.output_shape: Shape | None = None
+        self.input_shape: InputShape = None
+        self._output_shape: Shape | None = None  # see output_shape
         # Which layers this one reads, by index in the network (-1: the network input).
         self.sources: tuple[int, ...] = ()
         # False for the first layer of a network while training: its input gradient is
@@ -258,6 +276,18 @@ class Layer:
         # The random stream (see RANDOM); a network shares its own with all its layers.
         self.random = np.zeros(2, np.int64)
         self._buffers: dict[str, np.ndarray] = {}
+
+    @property
+    def output_shape(self) -> Shape:
+        """The output shape (without the batch axis), which `build` sets: a layer's kernel
+        declarations and the network read it only once the layer is built."""
+        if self._output_shape is None:
+            raise RuntimeError(f"layer {self.name!r} has no output shape before build()")
+        return self._output_shape
+
+    @output_shape.setter
+    def output_shape(self, shape: Shape) -> None:
+        self._output_shape = shape
 
     # --- shapes: pure functions of the input shape, no allocation -------------------------
 
@@ -284,7 +314,7 @@ class Layer:
 
     # --- building --------------------------------------------------------------------------
 
-    def build(self, input_shape: Shape, rng: np.random.Generator | None) -> Shape:
+    def build(self, input_shape: InputShape, rng: np.random.Generator | None) -> Shape:
         """Check the input shape, allocate parameters (initialised from `rng`), return the
         output shape. With `rng=None` parameters are zeros, to be filled from a bundle."""
         input_shape = tuple(tuple(shape) for shape in input_shape) if self.multi_input else tuple(input_shape)
@@ -314,11 +344,11 @@ class Layer:
         """Fixed-size working arrays the kernel calls use, by name (no batch axis)."""
         return {}
 
-    def forward_calls(self, training: bool) -> list[Call] | None:
+    def forward_calls(self, training: bool) -> Sequence[Call | Sync] | None:
         """The kernel calls of the forward pass, or None if `forward` is written by hand."""
         return None
 
-    def backward_calls(self, need_grad_x: bool) -> list[Call] | None:
+    def backward_calls(self, need_grad_x: bool) -> Sequence[Call | Sync] | None:
         """The kernel calls of the backward pass; with need_grad_x false the layer may skip
         computing its input gradient (it is the first layer)."""
         return None
@@ -372,7 +402,7 @@ class Layer:
             return self._run(calls, grad_out.shape[0], results, self._x, grad_out)
         return self._run(calls, grad_out.shape[0], self.backward_result, self._x, grad_out)
 
-    def _run(self, calls: list[Call], n: int, result: Any, x: Any, grad_out: np.ndarray | None) -> Any:
+    def _run(self, calls: Sequence[Step], n: int, result: Any, x: Any, grad_out: np.ndarray | None) -> Any:
         def resolve(arg: Any) -> Any:
             if not isinstance(arg, Ref):
                 # A flag as 0 or 1, as the compiled plan passes it (cnntool.compile.plan): one
@@ -441,7 +471,7 @@ class Layer:
         return data
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, output_shape={self.output_shape})"
+        return f"{type(self).__name__}(name={self.name!r}, output_shape={self._output_shape})"
 
 
 def he_normal(shape: Shape, rng: np.random.Generator) -> np.ndarray:
@@ -491,4 +521,4 @@ def expect_image(layer: Layer, input_shape: Shape) -> tuple[int, int, int]:
     """Check that a layer gets a (C, H, W) input; name the fix when it does not."""
     if len(input_shape) != 3:
         raise ShapeError(f"expected an image input (channels, height, width), received shape {input_shape}")
-    return input_shape  # type: ignore[return-value]
+    return input_shape

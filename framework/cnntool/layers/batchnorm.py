@@ -10,7 +10,7 @@ the pieces of a batch cut across threads meet at each batch-norm layer (see kern
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, cast
 
 import numpy as np
 from pydantic import Field
@@ -67,7 +67,7 @@ def combine_moments(shares: list[np.ndarray]) -> np.ndarray:
 
 def add_shares(shares: list[np.ndarray]) -> np.ndarray:
     """The sums of a batch: those of its pieces added up (in float64)."""
-    return np.sum(shares, axis=0, dtype=np.float64).astype(np.float32)
+    return cast(np.ndarray, np.sum(shares, axis=0, dtype=np.float64).astype(np.float32))  # axis=0: an array
 
 
 class BatchNorm2DConfig(LayerConfig):
@@ -99,8 +99,8 @@ class BatchNorm2D(Layer):
     each) is normalised with the whole batch's statistics (`per_example = False`, `syncs`).
     """
 
-    Config = BatchNorm2DConfig
-    config: BatchNorm2DConfig
+    Config: ClassVar[type[LayerConfig]] = BatchNorm2DConfig  # BatchNorm1D has its own
+    config: BatchNorm2DConfig | BatchNorm1DConfig
     per_example = False
     syncs = True
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import numpy as np
 from pydantic import Field
@@ -42,7 +42,7 @@ from cnntool.layers.base import (
 from cnntool.layers.epilogue import Epilogue
 
 if TYPE_CHECKING:
-    from cnntool.layers.base import OnnxBuilder
+    from cnntool.layers.base import OnnxBuilder, Pooling
 
 PositiveSize = Annotated[int, Field(ge=1, le=4096)]
 SizeOrPair = PositiveSize | tuple[PositiveSize, PositiveSize]
@@ -167,7 +167,10 @@ class Conv2D(Layer):
         epilogue = activation.epilogue
         increasing = epilogue.increasing if isinstance(epilogue, Epilogue) else epilogue == "relu"
         return (
-            self.fuses(activation) and increasing and pool.reduction == "max" and pool.window == (2, 2, 2, 2)
+            self.fuses(activation)
+            and increasing
+            and pool.reduction == "max"
+            and cast("Pooling", pool).window == (2, 2, 2, 2)
         )
 
     @property

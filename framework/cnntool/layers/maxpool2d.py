@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -47,7 +47,7 @@ class MaxPool2D(Layer):
     kernel (see Conv2D).
     """
 
-    Config = MaxPool2DConfig
+    Config: ClassVar[type[MaxPool2DConfig]] = MaxPool2DConfig  # AvgPool2D has its own
     config: MaxPool2DConfig
     reduction = "max"
 

@@ -41,7 +41,7 @@ class Add(Layer):
         """Configs `cnntool plugin check` runs the conformance checks on."""
         return [({"type": "add"}, ((2, 4, 5), (2, 4, 5))), ({"type": "add"}, ((6,), (6,), (6,)))]
 
-    def compute_output_shape(self, input_shape: tuple[Shape, ...]) -> Shape:
+    def compute_output_shape(self, input_shape: tuple[Shape, ...]) -> Shape:  # type: ignore[override]  # multi_input: one shape per input (Layer.build)
         first = input_shape[0]
         for k, shape in enumerate(input_shape[1:], start=1):
             if shape != first:
@@ -65,7 +65,7 @@ class Add(Layer):
     def backward_results(self) -> list[Ref]:
         return [GRAD_OUT] * len(self.input_shape)
 
-    def flops(self, input_shape: tuple[Shape, ...]) -> int:
+    def flops(self, input_shape: tuple[Shape, ...]) -> int:  # type: ignore[override]  # multi_input: one shape per input
         return math.prod(input_shape[0]) * (len(input_shape) - 1)
 
     def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
@@ -103,7 +103,7 @@ class Concat(Layer):
         """Configs `cnntool plugin check` runs the conformance checks on."""
         return [({"type": "concat"}, ((2, 4, 5), (3, 4, 5))), ({"type": "concat"}, ((1, 3, 3),) * 3)]
 
-    def compute_output_shape(self, input_shape: tuple[Shape, ...]) -> Shape:
+    def compute_output_shape(self, input_shape: tuple[Shape, ...]) -> Shape:  # type: ignore[override]  # multi_input: one shape per input (Layer.build)
         for k, shape in enumerate(input_shape):
             if len(shape) != 3:
                 raise ShapeError(

@@ -17,6 +17,7 @@ otherwise it runs layer by layer. Both give the same results.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from typing import Any
@@ -318,7 +319,7 @@ class Network:
         def split(*batch: np.ndarray) -> Any:
             use_blas_threads(1)  # the pieces run at once, one thread each
             jobs = [
-                (lambda a=a, b=b, arrays=arrays: compiled(*(item[a:b] for item in batch), *arrays))
+                functools.partial(compiled, *(item[a:b] for item in batch), *arrays)
                 for (a, b), arrays in zip(pieces, spaces, strict=True)
             ]
             try:
@@ -353,7 +354,7 @@ class Network:
             loss, correct = 0.0, 0
             for number, (function, arguments) in enumerate(parts):
                 jobs = [
-                    (lambda a=a, b=b, args=args, function=function: function(x[a:b], labels[a:b], *args))
+                    functools.partial(function, x[a:b], labels[a:b], *args)
                     for (a, b), args in zip(pieces, arguments, strict=True)
                 ]
                 for part_loss, part_correct in run_parallel(jobs):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
@@ -53,7 +53,7 @@ class LayerType:
     distribution: str
     version: str
     entry_point: EntryPoint | None = None
-    layer_class: type | None = None
+    layer_class: type[Layer] | None = None
     error: str | None = None
 
     @property
@@ -138,7 +138,7 @@ class Registry:
 
     # --- lookup ----------------------------------------------------------------------------
 
-    def get(self, name: str) -> type:
+    def get(self, name: str) -> type[Layer]:
         """The layer class for a type name, imported on first use."""
         if name in self.conflicts:
             raise PluginError(conflict_message(name, self.conflicts[name]))
@@ -150,7 +150,8 @@ class Registry:
             self._load(entry)
         if entry.error is not None:
             raise PluginError(entry.error)
-        return entry.layer_class  # type: ignore[return-value]
+        assert entry.layer_class is not None  # _load sets either the class or the error
+        return entry.layer_class
 
     def provider(self, name: str) -> str:
         """'distribution==version' of the distribution providing a type."""
@@ -159,9 +160,9 @@ class Registry:
             raise PluginError(f"unknown layer type {name!r}")
         return entry.provider
 
-    def load_all(self) -> dict[str, type]:
+    def load_all(self) -> dict[str, type[Layer]]:
         """Import every layer type that loads; report the ones that do not."""
-        loaded = {}
+        loaded: dict[str, type[Layer]] = {}
         for name, entry in sorted(self.types.items()):
             if entry.layer_class is None and entry.error is None:
                 self._load(entry)
@@ -210,10 +211,14 @@ class Registry:
         """The pydantic model of a network spec, over the union of every loadable layer
         config. Built once per registry."""
         if self._spec_model is None:
-            configs = tuple(cls.Config for cls in self.load_all().values())
+            # Any: pydantic types made at run time, the layers' configs and the refusals.
+            configs: tuple[Any, ...] = tuple(cls.Config for cls in self.load_all().values())
             refused = {name: e.error for name, e in self.types.items() if e.error is not None}
             refused.update({name: conflict_message(name, es) for name, es in self.conflicts.items()})
-            configs += tuple(SkipJsonSchema[refusal(name, error)] for name, error in sorted(refused.items()))
+            configs += tuple(
+                SkipJsonSchema[refusal(name, error)]  # type: ignore[misc]  # a model made at run time
+                for name, error in sorted(refused.items())
+            )
             if len(configs) == 1:
                 layer_union: Any = configs[0]
             else:
@@ -226,7 +231,7 @@ class Registry:
         return self._spec_model
 
 
-def refusal(name: str, error: str) -> type:
+def refusal(name: str, error: str) -> type[BaseModel]:
     """A config model for a type that cannot be used: a spec naming it fails validation with
     `error` (why the plugin failed) instead of "unknown type"."""
 
@@ -236,8 +241,8 @@ def refusal(name: str, error: str) -> type:
     return create_model(
         f"Unusable_{name}",
         __config__=ConfigDict(extra="allow"),
-        __validators__={"refuse": model_validator(mode="before")(refuse)},
-        type=(Literal[name], ...),
+        __validators__={"refuse": model_validator(mode="before")(refuse)},  # type: ignore[dict-item]  # pydantic's stub wants functions; it reads the decorator's descriptor
+        type=(Literal[name], ...),  # type: ignore[arg-type]  # a Literal of a name known at run time
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from cnntool.errors import CnntoolError, SpecError, checked_path, short_repr
-from cnntool.layers.base import Layer, ShapeError
+from cnntool.layers.base import InputShape, Layer, ShapeError
 from cnntool.model.registry import Registry, get_registry
 from cnntool.model.spec_fields import MAX_INPUT_ELEMENTS, MAX_SPEC_BYTES, SpecBase, TrainingConfig
 
@@ -80,7 +80,7 @@ def is_spec_file(path: str | os.PathLike) -> bool:
         raise CnntoolError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def validate_spec(source: Any, registry: Registry | None = None) -> BaseModel:
+def validate_spec(source: Any, registry: Registry | None = None) -> SpecBase:
     """Validate a spec's fields and shapes; return the spec with every layer name filled in."""
     registry = registry or get_registry()
     data = read_spec_data(source)
@@ -104,7 +104,7 @@ def plan_layers(spec: Any, registry: Registry | None = None) -> list[Layer]:
     """Make the layers of a validated spec, name them, connect them (each layer's `sources`)
     and infer every shape (no allocation)."""
     registry = registry or get_registry()
-    layers = []
+    layers: list[Layer] = []
     counts: dict[str, int] = {}
     taken = {config.name for config in spec.layers if config.name}
     for index, config in enumerate(spec.layers):
@@ -234,7 +234,7 @@ def connect(
         hint = "; join branches first with an add or concat layer" if most == 1 else ""
         raise SpecError(f"{where}: takes {expected}, received {len(sources)} {received}{hint}")
     shapes = [input_shape if s < 0 else layers[s].output_shape for s in sources]
-    given = tuple(shapes) if layer.multi_input else shapes[0]
+    given: InputShape = tuple(shapes) if layer.multi_input else shapes[0]
     try:
         out_shape = tuple(layer.compute_output_shape(given))
     except ShapeError as exc:

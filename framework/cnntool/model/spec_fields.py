@@ -7,9 +7,12 @@ training recipe, as pydantic models that know nothing of layer types. The regist
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from cnntool.layers.base import LayerConfig
 
 MAX_INPUT_ELEMENTS = 1 << 26
 MAX_SPEC_BYTES = 16 << 20
@@ -111,6 +114,9 @@ class SpecBase(BaseModel):
         description="Class names, one per output of the last layer; taken from the dataset when absent.",
     )
     training: TrainingConfig | None = None
+    if TYPE_CHECKING:
+        # The field the registry adds (Registry.spec_model): a union of the installed configs.
+        layers: list[LayerConfig]
 
     @model_validator(mode="after")
     def _input_not_huge(self) -> SpecBase:

@@ -22,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from enum import Enum
 from importlib import resources
 from typing import Annotated, Any
 
@@ -33,6 +34,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.routing import Mount, Route, WebSocketRoute
 from swagger_ui_bundle import swagger_ui_path
 
 from cnntool import __version__
@@ -187,7 +189,7 @@ def create_app(settings: ServeSettings, loaded: dict[str, Any] | None = None) ->
 
     add_docs(app, models)
     install_error_handlers(app)
-    routes = {route.path for route in app.routes}
+    routes = {route.path for route in app.routes if isinstance(route, Route | Mount | WebSocketRoute)}
     app.add_middleware(LimitBody, limit=settings.max_body_bytes)
     if settings.api_key:
         app.add_middleware(RequireKey, key=settings.api_key)
@@ -238,8 +240,8 @@ async def predict(request: Request, service: ModelService, top_k: int) -> Respon
 
 def add_v2_routes(app: FastAPI, models: ModelSet) -> None:
     """The Open Inference Protocol v2 routes (see `cnntool.serve.oip`)."""
-    tags = ["Open Inference Protocol v2"]
-    protocol_errors = {400: ERRORS[400], 401: ERRORS[401], 404: ERRORS[404], 503: ERRORS[503]}
+    tags: list[str | Enum] = ["Open Inference Protocol v2"]  # what FastAPI takes
+    protocol_errors = errors(400, 401, 404, 503)
 
     @app.get("/v2", response_model=oip.ServerMetadata, responses=errors(401), tags=tags, summary="Server")
     async def server_metadata() -> dict[str, Any]:

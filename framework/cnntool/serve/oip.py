@@ -305,7 +305,7 @@ def wanted_outputs(request: InferenceRequest) -> list[tuple[str, bool]]:
     binary_default = bool((request.parameters or {}).get("binary_data_output", False))
     if request.outputs is None:
         return [(name, binary_default) for name in OUTPUT_NAMES]
-    wanted = []
+    wanted: list[tuple[str, bool]] = []
     for output in request.outputs:
         parameters = output.parameters or {}
         if "classification" in parameters:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -65,7 +65,7 @@ def set_threads(threads: int | None = None) -> int:
 
     global _blas_threads
     count = requested_threads(threads)
-    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]  # numba.config sets NUMBA_* from the environment at import (globals())
     threadpool_limits(limits=1, user_api="blas")
     _blas_threads = 1
     if _pool is not None and count != _configured:
@@ -80,7 +80,7 @@ def ensure_threads() -> int:
     return _configured if _configured is not None else set_threads()
 
 
-def run_parallel(jobs: list[Callable[[], Any]]) -> list[Any]:
+def run_parallel(jobs: Sequence[Callable[[], Any]]) -> list[Any]:
     """Run jobs at once, the first in this thread and the others in the pool; results in
     order. Exceptions propagate."""
     global _pool

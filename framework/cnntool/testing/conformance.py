@@ -259,7 +259,7 @@ def check_layer(
     return results
 
 
-def layer_examples(layer_class: type, name: str) -> list[tuple[dict, Shape]]:
+def layer_examples(layer_class: type[Layer], name: str) -> list[tuple[dict, Shape]]:
     """The (config, input shape) pairs to check a layer type on: the class's own
     `examples()` when it declares them, else its default config on the first of
     DEFAULT_INPUT_SHAPES it accepts."""

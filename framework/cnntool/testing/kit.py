@@ -15,13 +15,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numba import njit
 
 from cnntool.errors import CnntoolError
-from cnntool.layers.base import Layer, Ref, Sync, kernel_parameters
+from cnntool.layers.base import Layer, Ref, Step, Sync, kernel_parameters
 from cnntool.model.network import Network
 from cnntool.model.registry import get_registry
 from cnntool.system import threads as settings
@@ -106,8 +107,8 @@ def bounds_checked(layer: Layer) -> Layer:
         return layer
     run = layer._run
 
-    def checked_run(calls: list, n: int, result: Any, x: Any, grad_out: Any) -> Any:
-        wrapped = []
+    def checked_run(calls: Sequence[Step], n: int, result: Any, x: Any, grad_out: np.ndarray | None) -> Any:
+        wrapped: list[Step] = []
         for call in calls:
             if isinstance(call, Sync):  # batch norm's meeting point: nothing to check
                 wrapped.append(call)

@@ -221,6 +221,7 @@ class Trainer:
         while state.epoch < epochs:
             if self.early_stopping is not None and self.early_stopping.stopped:
                 return "stopped_early"
+            assert state.shuffle is not None  # the trainer starts and resumes with one
             set_generator_state(self.rng, state.shuffle)
             order = self.rng.permutation(n)
             started = time.perf_counter() - state.seconds
@@ -305,6 +306,7 @@ class Trainer:
         if self.best_params is None:
             self.best_params = np.empty_like(self.net.flat_params)
             self.best_state = np.empty_like(self.net.flat_state)
+        assert self.best_state is not None  # allocated with best_params
         np.copyto(self.best_params, self.net.flat_params)
         np.copyto(self.best_state, self.net.flat_state)
 
@@ -315,6 +317,7 @@ class Trainer:
         if self.best_params is None:
             return {}
         net = self.net
+        assert self.best_state is not None  # allocated with best_params
         current = (net.flat_params.copy(), net.flat_state.copy())
         np.copyto(net.flat_params, self.best_params)
         np.copyto(net.flat_state, self.best_state)
@@ -350,17 +353,18 @@ class Trainer:
     ) -> None:
         """Continue from a saved state; the network holds the saved (published) weights and
         `slots` the training weights when they differ (see `publish`)."""
+        shuffle = dict(saved["shuffle"])
         self.state = TrainingState(
             epoch=int(saved["epoch"]),
             batch=int(saved["batch"]),
-            shuffle=dict(saved["shuffle"]),
+            shuffle=shuffle,
             random_step=int(saved["random_step"]),
             loss_sum=float(saved["loss_sum"]),
             correct=int(saved["correct"]),
             seconds=float(saved["seconds"]),
             history=[dict(record) for record in history],
         )
-        set_generator_state(self.rng, self.state.shuffle)
+        set_generator_state(self.rng, shuffle)
         self.schedule.load_state_dict(saved["schedule"])
         if self.early_stopping is not None and saved["early_stopping"] is not None:
             self.early_stopping.load_state_dict(saved["early_stopping"])

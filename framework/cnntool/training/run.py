@@ -440,7 +440,7 @@ def check_same_data(stored: Any, dataset: Any, path: Path) -> None:
         return
 
     def fingerprint(info: dict) -> tuple:
-        files = info.get("files") if isinstance(info.get("files"), list) else []
+        files = listed if isinstance(listed := info.get("files"), list) else []
         return sorted(str(f.get("sha256")) for f in files if isinstance(f, dict)), info.get("train_size")
 
     if fingerprint(stored) != fingerprint(dataset.info):
