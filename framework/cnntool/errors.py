@@ -64,10 +64,12 @@ def short_repr(value: Any, limit: int = 60) -> str:
 
 def exception_text(exc: BaseException, limit: int | None = 160, *, with_type: bool = False) -> str:
     """An exception's message on one line (whitespace collapsed, cut to `limit` characters),
-    its type's name if it has none; `with_type` prefixes 'ExceptionType: ', for a cause raised
-    by someone else's code (a plugin, a library)."""
-    text = " ".join(str(exc).split())
-    if with_type:
-        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    its type's name if it has none. `with_type`, for a cause raised by someone else's code (a
+    plugin, a library): 'ExceptionType: first line of the message'."""
+    if with_type:  # someone else's message: its first line, where libraries put the point
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    else:
+        text = " ".join(str(exc).split())
     text = text or type(exc).__name__
     return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
