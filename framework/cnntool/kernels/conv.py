@@ -14,6 +14,8 @@ p*OW + q, the value x[n, c, p*SH + i - PT, q*SW + j - PL] (zero in the padding);
 out[n] = weight (O, C*KH*KW) @ cols[n].
 """
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -93,8 +95,9 @@ def col2im(cols, kh, kw, sh, sw, pad_top, pad_left, oh, ow, grad_image):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def conv2d_forward(x, weight, bias, use_bias, sh, sw, pad_top, pad_left, cols, out):
-    """out[n, o] = bias[o] + sum_{c,i,j} weight[o, c, i, j] * x_padded[n, c, p*SH + i, q*SW + j].
+def conv2d_forward(x, weight, bias, use_bias, sh, sw, pad_top, pad_left, relu, cols, out):
+    """out[n, o] = bias[o] + sum_{c,i,j} weight[o, c, i, j] * x_padded[n, c, p*SH + i, q*SW + j]
+    (with `relu`, max(that, 0): a ReLU computed here, see fold_batchnorm).
 
     cols is (N, C*KH*KW, OH*OW) and keeps every image's columns for the backward pass.
     """
@@ -106,11 +109,32 @@ def conv2d_forward(x, weight, bias, use_bias, sh, sw, pad_top, pad_left, cols, o
         im2col(x[n], kh, kw, sh, sw, pad_top, pad_left, oh, ow, cols[n])
         result = out[n].reshape((out_channels, plane))
         np.dot(weight2, cols[n], result)
-        if use_bias:
+        if use_bias or relu:
+            floor = np.float32(0.0) if relu else np.float32(-np.inf)
             for o in range(out_channels):
-                b = bias[o]
+                b = bias[o] if use_bias else np.float32(0.0)
                 for p in range(plane):
-                    result[o, p] += b
+                    result[o, p] = max(result[o, p] + b, floor)
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def fold_batchnorm(
+    weight, bias, use_bias, norm_weight, norm_bias, running_mean, running_var, eps, folded_weight, folded_bias
+):  # fmt: skip
+    """A convolution followed by batch norm in inference form as one convolution:
+    folded_weight[o] = weight[o] * s[o], folded_bias[o] = (bias[o] - running_mean[o]) * s[o]
+    + norm_bias[o], with s = norm_weight / sqrt(running_var + eps) (what onnxruntime does)."""
+    out_channels = weight.shape[0]
+    per_filter = weight.size // out_channels
+    source = weight.reshape((out_channels, per_filter))
+    target = folded_weight.reshape((out_channels, per_filter))
+    for o in range(out_channels):
+        scale = norm_weight[o] / math.sqrt(running_var[o] + eps)
+        shift = bias[o] if use_bias else np.float32(0.0)
+        folded_bias[o] = np.float32((shift - running_mean[o]) * scale + norm_bias[o])
+        scale32 = np.float32(scale)
+        for k in range(per_filter):
+            target[o, k] = source[o, k] * scale32
 
 
 @njit(cache=True, fastmath=True, nogil=True)
