@@ -417,3 +417,53 @@ def test_pooling_and_activations_match_pytorch(rng):
         out.backward(torch.tensor(grad))
         np.testing.assert_allclose(layer.forward(x), out.detach().numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(layer.backward(grad), tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+FOLDED = {
+    "input_shape": [16, 12, 11],
+    "layers": [
+        # stride 1, columns kept; Winograd in inference (16 x 16 pairs); stride 2 with a bias
+        {"type": "conv2d", "filters": 3, "kernel_size": 3, "padding": 1, "use_bias": False, "name": "narrow"},
+        {"type": "batchnorm2d"},
+        {"type": "relu"},
+        {"type": "conv2d", "filters": 16, "kernel_size": 3, "padding": 1},
+        {"type": "conv2d", "filters": 16, "kernel_size": 3, "padding": 1, "use_bias": False},
+        {"type": "batchnorm2d", "eps": 0.01},
+        {"type": "relu"},
+        {"type": "conv2d", "filters": 5, "kernel_size": 3, "stride": 2, "padding": 1},
+        {"type": "batchnorm2d"},
+        {"type": "relu"},
+        {"type": "flatten"},
+        {"type": "dense", "units": 4},
+    ],
+}
+
+
+def test_inference_folds_batchnorm_into_the_convolution_before_it(rng):
+    """For predict and evaluate, conv2d -> batchnorm2d -> relu is one kernel with the batch
+    norm's running statistics folded into the weights: the same probabilities as the layers
+    one by one, with statistics and affine parameters far from their initial values."""
+    fused, plain = pair_of_networks(FOLDED)
+    source = fused.plan.source
+    predict = source[source.index("def predict") : source.index("def forward")]
+    assert predict.count("(computed by an earlier layer's kernel)") == 6
+    for net in (fused, plain):
+        for layer in net.layers:
+            if layer.config.type == "batchnorm2d":
+                channels = layer.params["weight"].shape[0]
+                layer.params["weight"][:] = np.linspace(-1.5, 2.0, channels)
+                layer.params["bias"][:] = np.linspace(0.3, -0.4, channels)
+                layer.state["running_mean"][:] = np.linspace(-0.5, 0.7, channels)
+                layer.state["running_var"][:] = np.linspace(0.2, 3.0, channels)
+            if layer.config.type == "conv2d" and layer.config.use_bias:
+                layer.params["bias"][:] = np.linspace(-0.2, 0.2, layer.params["bias"].size)
+    for n in (1, 5):
+        x = rng.standard_normal((n, 16, 12, 11)).astype(np.float32)
+        np.testing.assert_allclose(fused.predict_proba(x), plain.predict_proba(x), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(fused.forward(x), plain.forward(x), rtol=1e-4, atol=1e-5)
+        labels = rng.integers(0, 4, n).astype(np.int64)
+        predictions = np.empty(n, np.int64)
+        loss, _ = fused.evaluate_batch(x, labels, predictions)
+        np.testing.assert_array_equal(predictions, plain.forward(x).argmax(axis=1))
+        expected = -np.log(plain.predict_proba(x)[np.arange(n), labels]).sum()
+        assert loss == pytest.approx(expected, rel=1e-4)

@@ -111,6 +111,9 @@ class Generator:
             return ref.kind
         if ref.kind == "next_buf":  # a following layer's buffer, for fused kernels
             return self.array("buf", index + ref.step, ref.name)
+        if ref.kind in ("next_param", "next_state"):  # a following layer's, for fused kernels
+            other = self.net.layers[index + ref.step]
+            return self.array(ref.kind[len("next_") :], None, f"{other.name}.{ref.name}")
         raise ValueError(f"unknown reference {ref}")
 
     def epilogue_after(self, index: int) -> dict[str, Any]:

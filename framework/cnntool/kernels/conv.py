@@ -14,6 +14,8 @@ p*OW + q, the value x[n, c, p*SH + i - PT, q*SW + j - PL] (zero in the padding);
 out[n] = weight (O, C*KH*KW) @ cols[n].
 """
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -93,8 +95,9 @@ def col2im(cols, kh, kw, sh, sw, pad_top, pad_left, oh, ow, grad_image):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def conv2d_forward(x, weight, bias, use_bias, sh, sw, pad_top, pad_left, cols, out):
-    """out[n, o] = bias[o] + sum_{c,i,j} weight[o, c, i, j] * x_padded[n, c, p*SH + i, q*SW + j].
+def conv2d_forward(x, weight, bias, use_bias, sh, sw, pad_top, pad_left, relu, cols, out):
+    """out[n, o] = bias[o] + sum_{c,i,j} weight[o, c, i, j] * x_padded[n, c, p*SH + i, q*SW + j]
+    (with `relu`, max(that, 0): a ReLU computed here, see fold_batchnorm).
 
     cols is (N, C*KH*KW, OH*OW) and keeps every image's columns for the backward pass.
     """
@@ -106,11 +109,32 @@ def conv2d_forward(x, weight, bias, use_bias, sh, sw, pad_top, pad_left, cols, o
         im2col(x[n], kh, kw, sh, sw, pad_top, pad_left, oh, ow, cols[n])
         result = out[n].reshape((out_channels, plane))
         np.dot(weight2, cols[n], result)
-        if use_bias:
+        if use_bias or relu:
+            floor = np.float32(0.0) if relu else np.float32(-np.inf)
             for o in range(out_channels):
-                b = bias[o]
+                b = bias[o] if use_bias else np.float32(0.0)
                 for p in range(plane):
-                    result[o, p] += b
+                    result[o, p] = max(result[o, p] + b, floor)
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def fold_batchnorm(
+    weight, bias, use_bias, norm_weight, norm_bias, running_mean, running_var, eps, folded_weight, folded_bias
+):  # fmt: skip
+    """A convolution followed by batch norm in inference form as one convolution:
+    folded_weight[o] = weight[o] * s[o], folded_bias[o] = (bias[o] - running_mean[o]) * s[o]
+    + norm_bias[o], with s = norm_weight / sqrt(running_var + eps) (what onnxruntime does)."""
+    out_channels = weight.shape[0]
+    per_filter = weight.size // out_channels
+    source = weight.reshape((out_channels, per_filter))
+    target = folded_weight.reshape((out_channels, per_filter))
+    for o in range(out_channels):
+        scale = norm_weight[o] / math.sqrt(running_var[o] + eps)
+        shift = bias[o] if use_bias else np.float32(0.0)
+        folded_bias[o] = np.float32((shift - running_mean[o]) * scale + norm_bias[o])
+        scale32 = np.float32(scale)
+        for k in range(per_filter):
+            target[o, k] = source[o, k] * scale32
 
 
 @njit(cache=True, fastmath=True, nogil=True)
@@ -125,7 +149,7 @@ def conv2d_backward(
     pad_top,
     pad_left,
     grad_cols,
-    weight_step,
+    weight_t,
     grad_weight,
     grad_bias,
     grad_x,
@@ -133,29 +157,57 @@ def conv2d_backward(
     """Per image n, with G = grad_out[n] as (O, OH*OW):
     dW += G @ cols[n].T,  db += G summed over positions,  dx[n] = col2im(W.T @ G).
 
-    grad_cols (C*KH*KW, OH*OW) and weight_step (O, C*KH*KW) are scratch.
+    grad_cols (C*KH*KW, OH*OW) and weight_t (C*KH*KW, O) are scratch: dW is accumulated
+    transposed, dW.T += cols[n] @ G.T, the orientation in which BLAS runs these products of
+    few output channels fastest (1.4x for 16 to 32 channels), and transposed once at the end.
     """
     n_images, out_channels, oh, ow = grad_out.shape
     kh, kw = weight.shape[2], weight.shape[3]
     rows, plane = cols.shape[1], cols.shape[2]
-    weight2 = weight.reshape((out_channels, rows))
-    grad_weight2 = grad_weight.reshape((out_channels, rows))
-    grad_weight2[:] = 0.0
+    flat_weight = weight.reshape(weight.size)
+    flat_weight_t = weight_t.reshape(weight_t.size)
+    flat_grad_cols = grad_cols.reshape(grad_cols.size)
     if use_bias:
         grad_bias[:] = 0.0
     for n in range(n_images):
-        g = grad_out[n].reshape((out_channels, plane))
-        np.dot(g, cols[n].T, weight_step)
-        grad_weight2 += weight_step
+        flat_g = grad_out[n].reshape(out_channels * plane)
+        flat_cols = cols[n].reshape(rows * plane)
+        beta = 0.0 if n == 0 else 1.0
+        gemm(NO, YES, rows, out_channels, plane, 1.0, flat_cols, plane, flat_g, plane, beta,
+             flat_weight_t, out_channels)  # fmt: skip
         if use_bias:
-            for o in range(out_channels):
-                total = np.float32(0.0)
-                for p in range(plane):
-                    total += g[o, p]
-                grad_bias[o] += total
+            sum_positions(flat_g, out_channels, plane, grad_bias)
         if need_grad_x:
-            np.dot(weight2.T, g, grad_cols)
+            gemm(YES, NO, rows, plane, out_channels, 1.0, flat_weight, rows, flat_g, plane, 0.0,
+                 flat_grad_cols, plane)  # fmt: skip
             col2im(grad_cols, kh, kw, sh, sw, pad_top, pad_left, oh, ow, grad_x[n])
+    untranspose(weight_t, n_images, grad_weight)
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def sum_positions(flat_g, out_channels, plane, grad_bias):
+    """grad_bias[o] += sum of the row o of G (O, plane), given flat."""
+    for o in range(out_channels):
+        row = flat_g[o * plane : o * plane + plane]
+        total = np.float32(0.0)
+        for p in range(plane):
+            total += row[p]
+        grad_bias[o] += total
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def untranspose(weight_t, n_images, grad_weight):
+    """grad_weight (O, C, KH, KW) = weight_t (C*KH*KW, O) transposed (zero without images)."""
+    out_channels = grad_weight.shape[0]
+    rows = grad_weight.size // out_channels
+    target = grad_weight.reshape((out_channels, rows))
+    if n_images == 0:
+        target[:] = 0.0
+        return
+    for r in range(rows):
+        source = weight_t[r]
+        for o in range(out_channels):
+            target[o, r] = source[o]
 
 
 @njit(cache=True, fastmath=True, nogil=True)
@@ -252,10 +304,12 @@ def conv2d_forward_wide(x, weight, bias, use_bias, keep, relu, pad_top, pad_left
 @njit(cache=True, fastmath=True, nogil=True)
 def conv2d_backward_wide(
     grad_out, x, weight, use_bias, keep, need_grad_x, relu, activated, pad_top, pad_left,
-    padded, padded_grad, columns, full, grad_weight, grad_bias, grad_x,
+    padded, padded_grad, columns, full, weight_t, grad_weight, grad_bias, grad_x,
 ):  # fmt: skip
     """Stride-1 backward with wide im2col, per image with G = grad_out[n] on rows of width WP
     (zeros in the cropped columns): dW += G @ cols.T, db += sum of G, dX = col2im(W.T @ G).
+    dW is accumulated transposed into the scratch weight_t (C*KH*KW, O), as in
+    conv2d_backward, and transposed once at the end.
 
     Unless the forward pass kept them (`keep`), each image's columns are rebuilt here: for
     a large layer a contiguous copy costs less than holding them for a whole batch. They
@@ -270,7 +324,7 @@ def conv2d_backward_wide(
     rows, span = columns.shape[1], columns.shape[2]
     stride = oh * wp
     flat_weight = weight.reshape(weight.size)
-    flat_grad_weight = grad_weight.reshape(grad_weight.size)
+    flat_weight_t = weight_t.reshape(weight_t.size)
     flat_full = full.reshape(full.size)
     full[:] = 0.0
     if use_bias:
@@ -282,9 +336,9 @@ def conv2d_backward_wide(
         if not keep:
             image_columns(x[n], kh, kw, pad_top, pad_left, padded, cols)
         beta = 0.0 if n == 0 else 1.0
-        # dW (+)= G @ cols.T
-        gemm(NO, YES, out_channels, rows, span, 1.0, flat_full, stride, flat_cols, span, beta,
-             flat_grad_weight, rows)  # fmt: skip
+        # dW.T (+)= cols @ G.T
+        gemm(NO, YES, rows, out_channels, span, 1.0, flat_cols, span, flat_full, stride, beta,
+             flat_weight_t, out_channels)  # fmt: skip
         if need_grad_x:
             # dcols = W.T @ G, then added back onto the image
             gemm(YES, NO, rows, span, out_channels, 1.0, flat_weight, rows, flat_full, stride, 0.0,
@@ -294,6 +348,7 @@ def conv2d_backward_wide(
             col2im_rows(cols, channels, hp, wp, kh, kw, span, target.reshape(channels * hp * wp))
             if padding:
                 crop_padding(padded_grad, pad_top, pad_left, grad_x[n])
+    untranspose(weight_t, n_images, grad_weight)
 
 
 @njit(cache=True, fastmath=True, nogil=True)

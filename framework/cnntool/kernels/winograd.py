@@ -20,8 +20,11 @@ units in the last place.
 Measured on one core for models/mnist_cnn.json's second convolution (32 -> 64 channels,
 26x26), batches of 32: 103 µs per image against 142 µs for the wide im2col product
 (kernels/conv.py); the 16 products take 42 µs of it, the transforms (scalar code) the rest.
-For a single image the wide product wins, since BLAS then spreads its one large product
-over the threads, which 16 small ones cannot use; `conv2d_forward_3x3` picks by batch size.
+A single image goes by Winograd too: the wide product would hand BLAS one product large
+enough for it to spread over the threads, and on 2 busy cores that costs more than it
+gains (ResNet 16 -> 16 channels at 28x28, one image, 2 BLAS threads: 112 µs wide against
+103 µs Winograd; 64 -> 64 at 7x7: 131 µs Winograd, the wide path 94 µs to 8 ms as the
+other core was busy or not), while the 16 small products of Winograd stay on one thread.
 The backward pass stays with the wide im2col: the same transforms for the input gradient
 (64 channels of 13x13 tiles) cost as much as they save.
 
@@ -183,16 +186,16 @@ def conv2d_forward_winograd(x, weight, bias, use_bias, relu, pad_top, pad_left, 
         transform_output(m, tiles_h, tiles_w, bias, use_bias, relu, out[n])
 
 
-# From this many images per call on, the Winograd forward beats the wide product.
-WINOGRAD_MIN_IMAGES = 2
+# From this many images per call on, the Winograd forward is used (see the module docs).
+WINOGRAD_MIN_IMAGES = 1
 
 
 @njit(cache=True, fastmath=True, nogil=True)
 def conv2d_forward_3x3(
     x, weight, bias, use_bias, relu, pad_top, pad_left, padded, columns, full, u, tiles_padded, v, m, out
 ):  # fmt: skip
-    """A large 3x3 stride-1 convolution's forward pass: Winograd for a batch, the wide
-    im2col product (one large matrix product, threaded by BLAS) for a single image."""
+    """A large 3x3 stride-1 convolution's forward pass: Winograd from WINOGRAD_MIN_IMAGES
+    images on, else the wide im2col product (one large matrix product, threaded by BLAS)."""
     if x.shape[0] >= WINOGRAD_MIN_IMAGES:
         conv2d_forward_winograd(
             x, weight, bias, use_bias, relu, pad_top, pad_left, u, tiles_padded, v, m, out

@@ -29,6 +29,7 @@ from cnntool.layers.base import (
     Call,
     Layer,
     LayerConfig,
+    Ref,
     Shape,
     ShapeError,
     Sync,
@@ -135,13 +136,20 @@ class BatchNorm2D(Layer):
         return {"mean": Array((channels,)), "inv_std": Array((channels,)), "mode": Array((1,)),
                 "moments": Array((3, channels)), "sums": Array((3, channels))}  # fmt: skip
 
-    def forward_calls(self, training: bool) -> list[Call | Sync]:
+    def fuses(self, activation: Layer) -> bool:
+        """A ReLU after it is applied by the normalising kernels as they write, and masks the
+        gradient in the backward kernels (see kernels.norm): one pass less each way."""
+        return activation.epilogue == "relu"
+
+    def forward_calls(self, training: bool, relu_into: Ref | None = None) -> list[Call | Sync]:
         """Inference: one kernel with the running statistics. Training: this piece's moments,
-        the batch's (combined over the pieces), then the normalisation."""
+        the batch's (combined over the pieces), then the normalisation. With `relu_into` (the
+        output of a ReLU after it, when the plan fuses the two) max(y, 0) is written there."""
+        out = relu_into if relu_into is not None else buf("out")
         common = {"x": X, "weight": param("weight"), "bias": param("bias"),
                   "running_mean": state("running_mean"), "running_var": state("running_var"),
                   "eps": float(self.config.eps), "mean": scratch("mean"), "inv_std": scratch("inv_std"),
-                  "mode": scratch("mode"), "out": buf("out")}  # fmt: skip
+                  "mode": scratch("mode"), "relu": relu_into is not None, "out": out}  # fmt: skip
         if not training:
             return [Call(batchnorm_inference, **common)]
         return [
@@ -151,19 +159,22 @@ class BatchNorm2D(Layer):
                  moments=scratch("moments"), offset=OFFSET),
         ]  # fmt: skip
 
-    def backward_calls(self, need_grad_x: bool) -> list[Call | Sync]:
+    def backward_calls(self, need_grad_x: bool, relu_output: Ref | None = None) -> list[Call | Sync]:
         """This piece's gradient sums; then, for dL/dx, the batch's (combined over the
-        pieces)."""
+        pieces). With `relu_output` (a fused ReLU's output) grad_out is the gradient after
+        the ReLU, masked here."""
+        mask = {"relu": relu_output is not None,
+                "activated": relu_output if relu_output is not None else buf("out")}  # fmt: skip
         calls: list[Call | Sync] = [
             Call(batchnorm_grad_sums, grad_out=GRAD_OUT, x=X, mean=scratch("mean"),
-                 inv_std=scratch("inv_std"), grad_weight=grad("weight"), grad_bias=grad("bias"),
+                 inv_std=scratch("inv_std"), **mask, grad_weight=grad("weight"), grad_bias=grad("bias"),
                  sums=scratch("sums"))
         ]  # fmt: skip
         if need_grad_x:
             calls += [
                 Sync(scratch("sums"), add_shares),
                 Call(batchnorm_grad_x, grad_out=GRAD_OUT, x=X, weight=param("weight"), mean=scratch("mean"),
-                     inv_std=scratch("inv_std"), mode=scratch("mode"), sums=scratch("sums"),
+                     inv_std=scratch("inv_std"), mode=scratch("mode"), sums=scratch("sums"), **mask,
                      grad_x=buf("grad_x")),
             ]  # fmt: skip
         return calls

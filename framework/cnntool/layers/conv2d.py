@@ -13,6 +13,7 @@ from cnntool.kernels.conv import (
     conv2d_forward,
     conv2d_forward_wide,
     conv2d_relu_pool_wide,
+    fold_batchnorm,
 )
 from cnntool.kernels.epilogue import (
     conv2d_epilogue_pool_wide,
@@ -152,6 +153,12 @@ class Conv2D(Layer):
     # forward pass of a batch by Winograd's F(2x2, 3x3) (kernels/winograd.py): 2.25x fewer
     # multiplications, which pays once the matrix products dominate the transforms.
     WINOGRAD_MIN_PAIRS = 512
+    # In inference passes, from this many pairs on (16 -> 16 channels at 28x28, one thread:
+    # batches of 32 4.9 ms against 5.6 ms for the wide path, one image 159 µs against 214 µs).
+    # Training keeps the wide path below WINOGRAD_MIN_PAIRS: Winograd's other rounding made
+    # the ResNet's training losses drift further from PyTorch's (tools/bench.py, 3 epochs:
+    # 4.7e-4 against 1.6e-4) for a gain within the noise of a whole step.
+    WINOGRAD_INFERENCE_MIN_PAIRS = 256
 
     def fuses(self, activation: Layer) -> bool:
         """A ReLU after a stride-1 convolution is applied by the wide kernels as they write
@@ -163,7 +170,15 @@ class Conv2D(Layer):
 
     def fuses_pool(self, activation: Layer, pool: Layer) -> bool:
         """For inference, a ReLU and a 2x2 max-pool of stride 2 after a stride-1 convolution
-        are one pass over the product (conv2d_relu_pool_wide)."""
+        are one pass over the product (conv2d_relu_pool_wide). So are, for any stride, a
+        batch norm and a ReLU after it (`activation` the batch norm, `pool` the ReLU): the
+        batch norm's running statistics are folded into the weights (fold_batchnorm), and
+        the convolution applies the ReLU as it writes; `folded_norm` remembers the batch
+        norm for activation_pool_calls."""
+        self.folded_norm = None
+        if activation.config.type == "batchnorm2d" and pool.epilogue == "relu":
+            self.folded_norm = activation
+            return True
         epilogue = activation.epilogue
         increasing = epilogue.increasing if isinstance(epilogue, Epilogue) else epilogue == "relu"
         return (
@@ -179,11 +194,18 @@ class Conv2D(Layer):
 
     @property
     def winograd(self) -> bool:
+        """Whether every forward pass goes by Winograd."""
+        pairs = self.input_shape[0] * self.config.filters
+        return self.winograd_inference and pairs >= self.WINOGRAD_MIN_PAIRS
+
+    @property
+    def winograd_inference(self) -> bool:
+        """Whether the inference passes go by Winograd."""
         return (
             self.wide
             and pair(self.config.kernel_size) == (3, 3)
             and not self.keep_columns
-            and self.input_shape[0] * self.config.filters >= self.WINOGRAD_MIN_PAIRS
+            and self.input_shape[0] * self.config.filters >= self.WINOGRAD_INFERENCE_MIN_PAIRS
         )
 
     @property
@@ -233,7 +255,7 @@ class Conv2D(Layer):
             }
             if not self.keep_columns:
                 arrays["cols"] = Array((1, self.rows, self.span))
-            if self.winograd:
+            if self.winograd_inference:
                 channels, filters = self.input_shape[0], self.config.filters
                 th, tw = self.tiles
                 arrays["wino_u"] = Array(plane_shape(filters, channels))
@@ -241,9 +263,13 @@ class Conv2D(Layer):
                 arrays["wino_v"] = Array(plane_shape(channels, th * tw))
                 arrays["wino_m"] = Array(plane_shape(filters, th * tw))
         else:
-            arrays = {"grad_cols": Array((self.rows, oh * ow)), "weight_step": Array((filters, self.rows))}
+            arrays = {"grad_cols": Array((self.rows, oh * ow))}
+        arrays["weight_t"] = Array((self.rows, filters))
         if not self.config.use_bias:
             arrays["no_bias"] = Array((filters,))
+        # For inference with a batch norm folded in (folded_calls).
+        arrays["folded_weight"] = Array(self.param_shapes(self.input_shape)["weight"])
+        arrays["folded_bias"] = Array((filters,))
         return arrays
 
     def common(self) -> dict:
@@ -268,7 +294,7 @@ class Conv2D(Layer):
             ]  # fmt: skip
         out = relu_into if relu_into is not None else buf("out")
         relu = relu_into is not None
-        if self.winograd:
+        if self.winograd or (self.winograd_inference and not training):
             return [
                 Call(conv2d_forward_3x3, x=X, **self.common(), relu=relu, padded=scratch("padded"),
                      columns=scratch("cols"), full=scratch("full"), u=scratch("wino_u"),
@@ -281,12 +307,18 @@ class Conv2D(Layer):
                      padded=scratch("padded"), columns=columns, full=scratch("full"), out=out)
             ]  # fmt: skip
         sh, sw = pair(self.config.stride)
-        return [Call(conv2d_forward, x=X, **self.common(), sh=sh, sw=sw, cols=buf("cols"), out=buf("out"))]
+        return [
+            Call(conv2d_forward, x=X, **self.common(), sh=sh, sw=sw, relu=False, cols=buf("cols"),
+                 out=buf("out"))
+        ]  # fmt: skip
 
     def activation_pool_calls(self, pooled: Ref, epilogue: Epilogue | None = None) -> list[Call]:
         """Inference of this layer, a ReLU (or an increasing `epilogue`) and a 2x2 max-pool
         after it, into `pooled` (the pool's output buffer): one pass over the product
-        instead of three."""
+        instead of three. Or, after fuses_pool(batch norm, ReLU), this layer with the batch
+        norm folded in and the ReLU applied, into the ReLU's output (folded_calls)."""
+        if getattr(self, "folded_norm", None) is not None and epilogue is None:
+            return self.folded_calls(pooled)
         columns = buf("cols") if self.keep_columns else scratch("cols")
         if epilogue is not None:
             return [
@@ -297,6 +329,31 @@ class Conv2D(Layer):
             Call(conv2d_relu_pool_wide, x=X, **self.common(), padded=scratch("padded"), columns=columns,
                  full=scratch("full"), out=pooled)
         ]  # fmt: skip
+
+    def folded_calls(self, out: Ref) -> list[Call]:
+        """Inference of this layer, the batch norm after it (self.folded_norm, in inference
+        form) and a ReLU, into `out`: the batch norm's scale and shift folded into a copy of
+        the weights and bias (fold_batchnorm), then the forward kernel with its ReLU."""
+        norm = self.folded_norm
+        fold = Call(fold_batchnorm, weight=param("weight"), bias=self.common()["bias"],
+                    use_bias=self.config.use_bias, norm_weight=Ref("next_param", "weight", 1),
+                    norm_bias=Ref("next_param", "bias", 1), running_mean=Ref("next_state", "running_mean", 1),
+                    running_var=Ref("next_state", "running_var", 1), eps=float(norm.config.eps),
+                    folded_weight=scratch("folded_weight"), folded_bias=scratch("folded_bias"))  # fmt: skip
+        common = {**self.common(), "weight": scratch("folded_weight"), "bias": scratch("folded_bias"),
+                  "use_bias": True}  # fmt: skip
+        if self.winograd_inference:
+            return [fold, Call(conv2d_forward_3x3, x=X, **common, relu=True, padded=scratch("padded"),
+                               columns=scratch("cols"), full=scratch("full"), u=scratch("wino_u"),
+                               tiles_padded=scratch("wino_padded"), v=scratch("wino_v"), m=scratch("wino_m"),
+                               out=out)]  # fmt: skip
+        if self.wide:
+            columns = buf("cols") if self.keep_columns else scratch("cols")
+            return [fold, Call(conv2d_forward_wide, x=X, **common, keep=self.keep_columns, relu=True,
+                               padded=scratch("padded"), columns=columns, full=scratch("full"),
+                               out=out)]  # fmt: skip
+        sh, sw = pair(self.config.stride)
+        return [fold, Call(conv2d_forward, x=X, **common, sh=sh, sw=sw, relu=True, cols=buf("cols"), out=out)]
 
     def backward_calls(
         self, need_grad_x: bool, relu_output: Ref | None = None, epilogue: Epilogue | None = None
@@ -320,13 +377,13 @@ class Conv2D(Layer):
                 Call(conv2d_backward_wide, grad_out=incoming, x=X, **common, keep=self.keep_columns,
                      need_grad_x=need_grad_x, relu=relu_output is not None and epilogue is None,
                      activated=activated, padded=scratch("padded"), padded_grad=scratch("padded_grad"),
-                     columns=columns, full=scratch("full"), grad_weight=grad("weight"), grad_bias=grad_bias,
-                     grad_x=buf("grad_x"))
+                     columns=columns, full=scratch("full"), weight_t=scratch("weight_t"),
+                     grad_weight=grad("weight"), grad_bias=grad_bias, grad_x=buf("grad_x"))
             ]  # fmt: skip
         sh, sw = pair(self.config.stride)
         return [
             Call(conv2d_backward, grad_out=GRAD_OUT, **common, cols=buf("cols"), need_grad_x=need_grad_x,
-                 sh=sh, sw=sw, grad_cols=scratch("grad_cols"), weight_step=scratch("weight_step"),
+                 sh=sh, sw=sw, grad_cols=scratch("grad_cols"), weight_t=scratch("weight_t"),
                  grad_weight=grad("weight"), grad_bias=grad_bias, grad_x=buf("grad_x"))
         ]  # fmt: skip
 
