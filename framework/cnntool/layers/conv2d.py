@@ -335,10 +335,12 @@ class Conv2D(Layer):
         form) and a ReLU, into `out`: the batch norm's scale and shift folded into a copy of
         the weights and bias (fold_batchnorm), then the forward kernel with its ReLU."""
         norm = self.folded_norm
+        assert norm is not None  # fuses_pool found it; the plan asks for these calls right after
+        eps = float(norm.config.model_dump()["eps"])  # a batch norm config: fuses_pool checked the type
         fold = Call(fold_batchnorm, weight=param("weight"), bias=self.common()["bias"],
                     use_bias=self.config.use_bias, norm_weight=Ref("next_param", "weight", 1),
                     norm_bias=Ref("next_param", "bias", 1), running_mean=Ref("next_state", "running_mean", 1),
-                    running_var=Ref("next_state", "running_var", 1), eps=float(norm.config.eps),
+                    running_var=Ref("next_state", "running_var", 1), eps=eps,
                     folded_weight=scratch("folded_weight"), folded_bias=scratch("folded_bias"))  # fmt: skip
         common = {**self.common(), "weight": scratch("folded_weight"), "bias": scratch("folded_bias"),
                   "use_bias": True}  # fmt: skip
