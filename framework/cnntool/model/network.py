@@ -37,6 +37,10 @@ from cnntool.system.threads import ensure_threads, run_parallel, use_blas_thread
 
 # Below this many examples per thread, splitting a batch across threads costs more than it saves.
 MIN_EXAMPLES_PER_THREAD = 8
+# A batch in one piece lets BLAS use every thread only from this many FLOPs in its costliest
+# layer: below, handing each product to two threads costs more than it saves (the ResNet at
+# batch 1: 640 µs on one BLAS thread, 869-1161 µs on two, measured with tools/bench.py).
+BLAS_THREADS_FLOPS = 10_000_000
 
 
 class Network:
@@ -296,10 +300,12 @@ class Network:
         bounds = self.pieces(n, task)
         if len(bounds) == 2:
             arrays = (*scale, *plan.arrays(task, plan.workspace(n, 0, task)))
-            threads = ensure_threads()
+            # One piece: the matrix products may use every thread, if they are large enough
+            # to gain from it; handing small ones to two threads costs more than it saves.
+            threads = ensure_threads() if n * self.largest_layer_flops() >= BLAS_THREADS_FLOPS else 1
 
             def whole(*batch: np.ndarray) -> Any:
-                use_blas_threads(threads)  # one piece: the matrix products may use every thread
+                use_blas_threads(threads)
                 try:
                     return compiled(*batch, *arrays)
                 except Exception as exc:
@@ -388,6 +394,10 @@ class Network:
             softmax_forward(self.run_forward(x, stop=self.head), probs)
 
         return {"train_step": train_step, "evaluate": evaluate, "predict": predict}[task]
+
+    def largest_layer_flops(self) -> int:
+        """The FLOPs per example of the network's costliest layer."""
+        return max(int(layer.flops(layer.input_shape)) for layer in self.layers)
 
     def pieces(self, n: int, task: str = "train_step") -> list[int]:
         """Bounds cutting a batch of n into one piece per thread for `task`; a single piece
