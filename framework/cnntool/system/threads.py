@@ -4,7 +4,8 @@
 number of CPUs this process may use. cnntool parallelises itself, over the examples of a
 batch: a batch is cut into one piece per thread and each thread runs the compiled network
 on its piece (numba kernels release the GIL). A batch too small to cut (a single example)
-instead lets the BLAS library inside the kernels use the threads for its matrix products.
+instead lets the BLAS library inside the kernels use the threads for its matrix products,
+when they are large enough to gain from it (model/network.py: BLAS_THREADS_FLOPS).
 So the two never run at once: BLAS gets one thread while the batch pieces run, all of them
 otherwise (`use_blas_threads`), and every other BLAS library in the process (numpy's) stays
 at one. numba's own pool is set to the same count for any kernel that uses prange.
