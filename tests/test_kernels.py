@@ -20,6 +20,10 @@ CONV_CASES = [
     (3, 3, 5, 3, 2, True, 11, 10),
     # Large enough that conv2d rebuilds each image's columns in backward instead of keeping them.
     (16, 4, 3, 1, 1, True, 30, 30),
+    (16, 8, 3, 2, 1, True, 40, 39),
+    # Strides past the kernel: phases no tap reads, rows and columns no window reaches.
+    (4, 6, 1, 2, 0, False, 7, 8),
+    (2, 3, 2, 3, 0, True, 7, 8),
     # Large 3x3 stride-1 layers: a batch's forward pass goes by Winograd (odd output sizes
     # leave half tiles at the bottom or right).
     (16, 32, 3, 1, 0, True, 19, 20),

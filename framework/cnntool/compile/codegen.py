@@ -167,11 +167,12 @@ class Generator:
         """Lines running layers[:stop] forward (only naming the views when not `compute`);
         also returns the variables each layer reads and the one it writes. With
         `inference_only` (no backward pass follows) conv2d -> relu -> 2x2 max-pool runs as
-        one kernel that keeps nothing for a backward pass."""
+        one kernel that keeps nothing for a backward pass, and a layer folds the one after
+        it into its weights where it can (Layer.folds: conv2d -> batchnorm2d)."""
         lines: list[str] = []
         inputs: list[list[str]] = []
         outputs: list[str] = []
-        pooled = -1  # index of the pool computed by a conv2d -> relu -> pool kernel
+        pooled = -1  # the last layer computed by an earlier layer's kernel (a pool, a folded layer)
         for index, layer in enumerate(self.net.layers[:stop]):
             reads = [outputs[s] if s >= 0 else "x" for s in layer.sources]
             inputs.append(reads)
@@ -188,6 +189,9 @@ class Generator:
             if inference_only and self.fused_pool(index, stop):
                 pooled = index + 2
                 calls = layer.activation_pool_calls(Ref("next_buf", "out", 2), **self.epilogue_after(index))
+            elif inference_only and self.chained(index, stop) and layer.folds(self.net.layers[index + 1]):
+                pooled = index + 1
+                calls = layer.folded_calls(NEXT_OUT)
             elif self.fused(index - 1, stop):  # the layer before computed this ReLU already
                 lines[-1] += " (applied by the layer before)"
                 continue

@@ -1,4 +1,4 @@
-"""A stride-1 convolution that applies an activation's epilogue (cnntool.layers.epilogue)
+"""A convolution that applies an activation's epilogue (cnntool.layers.epilogue)
 image by image, while the image's output is still in cache.
 
 `value` and `derivative` are scalar functions. numba would compile a call through a
@@ -17,14 +17,14 @@ from cnntool.kernels.conv import crop, wide_product
 
 @njit(cache=True, fastmath=True, nogil=True)
 def conv2d_forward_wide_epilogue(
-    x, weight, bias, use_bias, keep, pad_top, pad_left, padded, columns, full, value, derivative, a, b,
-    pre, out,
+    x, weight, bias, use_bias, keep, sh, sw, pad_top, pad_left, padded, columns, full, value, derivative,
+    a, b, pre, out,
 ):  # fmt: skip
-    """pre[n] = the stride-1 convolution of x[n] (conv2d_forward_wide), out[n] = value(pre[n], a, b)
+    """pre[n] = the convolution of x[n] (conv2d_forward_wide), out[n] = value(pre[n], a, b)
     elementwise, one image at a time. `derivative` is unused here (backward takes it)."""
     for n in range(out.shape[0]):
         cols = columns[n] if keep else columns[0]
-        wp = wide_product(x[n], weight, pad_top, pad_left, padded, cols, full)
+        wp = wide_product(x[n], weight, sh, sw, pad_top, pad_left, padded, cols, full)
         crop(full, wp, bias, use_bias, False, pre[n])
         source = pre[n].reshape(pre[n].size)
         target = out[n].reshape(out[n].size)
@@ -44,13 +44,13 @@ def epilogue_backward(grad_out, pre, value, derivative, a, b, grad_pre):
 
 @njit(cache=True, fastmath=True, nogil=True)
 def conv2d_epilogue_pool_wide(
-    x, weight, bias, use_bias, pad_top, pad_left, padded, columns, full, value, derivative, a, b, out
+    x, weight, bias, use_bias, sh, sw, pad_top, pad_left, padded, columns, full, value, derivative, a, b, out
 ):  # fmt: skip
-    """Inference of a stride-1 conv2d, an increasing activation and a 2x2 max-pool of stride
+    """Inference of a conv2d, an increasing activation and a 2x2 max-pool of stride
     2: out[n, o, p, q] = value(bias[o] + max of the product over the window, a, b), which
     equals pooling the activated output because value never decreases."""
     for n in range(out.shape[0]):
-        wp = wide_product(x[n], weight, pad_top, pad_left, padded, columns[0], full)
+        wp = wide_product(x[n], weight, sh, sw, pad_top, pad_left, padded, columns[0], full)
         image = out[n]
         for o in range(image.shape[0]):
             shift = bias[o] if use_bias else np.float32(0.0)

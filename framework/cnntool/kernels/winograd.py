@@ -192,7 +192,8 @@ WINOGRAD_MIN_IMAGES = 1
 
 @njit(cache=True, fastmath=True, nogil=True)
 def conv2d_forward_3x3(
-    x, weight, bias, use_bias, relu, pad_top, pad_left, padded, columns, full, u, tiles_padded, v, m, out
+    x, weight, bias, use_bias, relu, sh, sw, pad_top, pad_left, padded, columns, full, u, tiles_padded, v, m,
+    out,
 ):  # fmt: skip
     """A large 3x3 stride-1 convolution's forward pass: Winograd from WINOGRAD_MIN_IMAGES
     images on, else the wide im2col product (one large matrix product, threaded by BLAS)."""
@@ -202,5 +203,5 @@ def conv2d_forward_3x3(
         )
     else:
         conv2d_forward_wide(
-            x, weight, bias, use_bias, False, relu, pad_top, pad_left, padded, columns, full, out
+            x, weight, bias, use_bias, False, relu, sh, sw, pad_top, pad_left, padded, columns, full, out
         )

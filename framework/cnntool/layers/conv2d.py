@@ -8,9 +8,7 @@ import numpy as np
 from pydantic import Field
 
 from cnntool.kernels.conv import (
-    conv2d_backward,
     conv2d_backward_wide,
-    conv2d_forward,
     conv2d_forward_wide,
     conv2d_relu_pool_wide,
     fold_batchnorm,
@@ -81,18 +79,19 @@ class Conv2D(Layer):
     dL/dx = the transposed convolution: each input value gets W times every g it reached.
 
     Kernel paths (cnntool.kernels.conv and .winograd), image by image as BLAS products:
-    - stride 1, "wide": the padded image's contiguous runs are the rows of the im2col matrix
-      and out = W @ cols computes rows of the padded width, cropped after
+    - "wide" im2col, any stride: the padded image (at stride s, its s x s phases, each a
+      subsampled copy) has one contiguous run per kernel tap; the runs are the rows of the
+      im2col matrix and out = W @ cols computes rows of the phase width, cropped after
       (conv2d_forward_wide, conv2d_backward_wide). Columns of at most KEEP_COLUMNS_BYTES per
       image are kept from forward for backward; larger ones are rebuilt there.
     - 3x3 at stride 1 whose columns are not kept, with in x out channels at least
-      WINOGRAD_MIN_PAIRS: forward by Winograd F(2x2, 3x3) (conv2d_forward_3x3, 2.25x fewer
-      multiplications); backward by the wide path.
-    - any other stride: plain im2col per image (conv2d_forward, conv2d_backward).
-    In a compiled plan (cnntool.compile.plan), a ReLU reading only a stride-1 convolution is applied
+      WINOGRAD_MIN_PAIRS (WINOGRAD_INFERENCE_MIN_PAIRS for inference): forward by Winograd
+      F(2x2, 3x3) (conv2d_forward_3x3, 2.25x fewer multiplications); backward by the wide path.
+    In a compiled plan (cnntool.compile.plan), a ReLU reading only a convolution is applied
     by its kernels as they write the output, and masks the gradient in backward (`fuses`);
     for inference, a ReLU and a 2x2 stride-2 max-pool after it are one pass over the product
-    (conv2d_relu_pool_wide, `fuses_pool`).
+    (conv2d_relu_pool_wide, `fuses_pool`), and a batch norm before a ReLU is folded into the
+    weights (fold_batchnorm).
     """
 
     Config = Conv2DConfig
@@ -144,10 +143,9 @@ class Conv2D(Layer):
             return INITIALIZERS[self.config.init](shape, rng)
         return np.zeros(shape, np.float32)
 
-    # Stride 1 uses the wide im2col (contiguous copies, see kernels/conv.py); other strides
-    # use the classic im2col. Either way an image's columns are kept from forward to
-    # backward when they are small (they are then still in cache); a large layer's are
-    # rebuilt in backward instead of holding them for the whole batch.
+    # The wide im2col (contiguous copies, see kernels/conv.py): an image's columns are kept
+    # from forward to backward when they are small (they are then still in cache); a large
+    # layer's are rebuilt in backward instead of holding them for the whole batch.
     KEEP_COLUMNS_BYTES = 64 * 1024
     # A 3x3 stride-1 layer with at least this many (input channel, filter) pairs computes the
     # forward pass of a batch by Winograd's F(2x2, 3x3) (kernels/winograd.py): 2.25x fewer
@@ -161,23 +159,23 @@ class Conv2D(Layer):
     WINOGRAD_INFERENCE_MIN_PAIRS = 256
 
     def fuses(self, activation: Layer) -> bool:
-        """A ReLU after a stride-1 convolution is applied by the wide kernels as they write
-        the output, and masks the gradient in backward: one pass less each way. Another
+        """A ReLU after a convolution is applied by the wide kernels as they write the
+        output, and masks the gradient in backward: one pass less each way. Another
         activation declaring an Epilogue is applied image by image (kernels/epilogue.py)."""
         if isinstance(activation.epilogue, Epilogue):
-            return self.wide and not self.winograd
-        return self.wide and activation.epilogue == "relu"
+            return not self.winograd
+        return activation.epilogue == "relu"
 
     def fuses_pool(self, activation: Layer, pool: Layer) -> bool:
-        """For inference, a ReLU and a 2x2 max-pool of stride 2 after a stride-1 convolution
-        are one pass over the product (conv2d_relu_pool_wide). So are, for any stride, a
+        """For inference, a ReLU and a 2x2 max-pool of stride 2 after a convolution are one
+        pass over the product (conv2d_relu_pool_wide). So are, for any stride, a
         batch norm and a ReLU after it (`activation` the batch norm, `pool` the ReLU): the
         batch norm's running statistics are folded into the weights (fold_batchnorm), and
         the convolution applies the ReLU as it writes; `folded_norm` remembers the batch
         norm for activation_pool_calls."""
-        self.folded_norm = None
+        self.folded_norm, self.folded_relu = None, False
         if activation.config.type == "batchnorm2d" and pool.epilogue == "relu":
-            self.folded_norm = activation
+            self.folded_norm, self.folded_relu = activation, True
             return True
         epilogue = activation.epilogue
         increasing = epilogue.increasing if isinstance(epilogue, Epilogue) else epilogue == "relu"
@@ -188,8 +186,17 @@ class Conv2D(Layer):
             and cast("Pooling", pool).window == (2, 2, 2, 2)
         )
 
+    def folds(self, following: Layer) -> bool:
+        """For inference, a batch norm after it (without a ReLU: before an `add`, say) is
+        folded into a copy of the weights and bias (fold_batchnorm)."""
+        self.folded_norm, self.folded_relu = None, False
+        if following.config.type == "batchnorm2d":
+            self.folded_norm = following
+            return True
+        return False
+
     @property
-    def wide(self) -> bool:
+    def stride_one(self) -> bool:
         return pair(self.config.stride) == (1, 1)
 
     @property
@@ -202,7 +209,7 @@ class Conv2D(Layer):
     def winograd_inference(self) -> bool:
         """Whether the inference passes go by Winograd."""
         return (
-            self.wide
+            self.stride_one
             and pair(self.config.kernel_size) == (3, 3)
             and not self.keep_columns
             and self.input_shape[0] * self.config.filters >= self.WINOGRAD_INFERENCE_MIN_PAIRS
@@ -222,48 +229,46 @@ class Conv2D(Layer):
 
     @property
     def padded_shape(self) -> Shape:
-        channels, height, width = self.input_shape
-        top, left, bottom, right = self.padding(self.input_shape)
-        return (channels, height + top + bottom, width + left + right)
+        """The padded image cut into its stride phases (SH*SW*C, HQ, WQ), see kernels/conv.py;
+        at stride 1 the padded image itself."""
+        channels = self.input_shape[0]
+        _, oh, ow = self.output_shape
+        kh, kw = pair(self.config.kernel_size)
+        sh, sw = pair(self.config.stride)
+        return (sh * sw * channels, oh + (kh - 1) // sh, ow + (kw - 1) // sw)
 
     @property
     def span(self) -> int:
-        """Columns of the wide im2col matrix: output rows of the padded width, less the spill."""
-        _, kw = pair(self.config.kernel_size)
-        return self.output_shape[1] * self.padded_shape[2] - (kw - 1)
+        """Columns of the wide im2col matrix: output rows of the phase width, less the spill."""
+        _, oh, ow = self.output_shape
+        return (oh - 1) * self.padded_shape[2] + ow
 
     @property
     def keep_columns(self) -> bool:
-        return self.wide and self.rows * self.span * 4 <= self.KEEP_COLUMNS_BYTES
+        return self.rows * self.span * 4 <= self.KEEP_COLUMNS_BYTES
 
     def buffers(self) -> dict[str, Array]:
         arrays = {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
-        _, oh, ow = self.output_shape
-        if not self.wide:
-            arrays["cols"] = Array((self.rows, oh * ow))
-        elif self.keep_columns:
+        if self.keep_columns:
             arrays["cols"] = Array((self.rows, self.span))
         return arrays
 
     def scratch_arrays(self) -> dict[str, Array]:
-        filters, oh, ow = self.output_shape
-        if self.wide:
-            arrays = {
-                "padded": Array(self.padded_shape),
-                "padded_grad": Array(self.padded_shape),
-                "full": Array((filters, oh * self.padded_shape[2])),
-            }
-            if not self.keep_columns:
-                arrays["cols"] = Array((1, self.rows, self.span))
-            if self.winograd_inference:
-                channels, filters = self.input_shape[0], self.config.filters
-                th, tw = self.tiles
-                arrays["wino_u"] = Array(plane_shape(filters, channels))
-                arrays["wino_padded"] = Array((channels, 2 * th + 2, 2 * tw + 2))
-                arrays["wino_v"] = Array(plane_shape(channels, th * tw))
-                arrays["wino_m"] = Array(plane_shape(filters, th * tw))
-        else:
-            arrays = {"grad_cols": Array((self.rows, oh * ow))}
+        filters, oh, _ = self.output_shape
+        arrays = {
+            "padded": Array(self.padded_shape),
+            "padded_grad": Array(self.padded_shape),
+            "full": Array((filters, oh * self.padded_shape[2])),
+        }
+        if not self.keep_columns:
+            arrays["cols"] = Array((1, self.rows, self.span))
+        if self.winograd_inference:
+            channels, filters = self.input_shape[0], self.config.filters
+            th, tw = self.tiles
+            arrays["wino_u"] = Array(plane_shape(filters, channels))
+            arrays["wino_padded"] = Array((channels, 2 * th + 2, 2 * tw + 2))
+            arrays["wino_v"] = Array(plane_shape(channels, th * tw))
+            arrays["wino_m"] = Array(plane_shape(filters, th * tw))
         arrays["weight_t"] = Array((self.rows, filters))
         if not self.config.use_bias:
             arrays["no_bias"] = Array((filters,))
@@ -275,9 +280,10 @@ class Conv2D(Layer):
     def common(self) -> dict:
         """Arguments every kernel of this layer takes."""
         top, left, _, _ = self.padding(self.input_shape)
+        sh, sw = pair(self.config.stride)
         bias = param("bias") if self.config.use_bias else scratch("no_bias")
-        return {"weight": param("weight"), "use_bias": self.config.use_bias, "pad_top": top, "pad_left": left,
-                "bias": bias}  # fmt: skip
+        return {"weight": param("weight"), "use_bias": self.config.use_bias, "sh": sh, "sw": sw,
+                "pad_top": top, "pad_left": left, "bias": bias}  # fmt: skip
 
     def forward_calls(
         self, training: bool, relu_into: Ref | None = None, epilogue: Epilogue | None = None
@@ -300,16 +306,10 @@ class Conv2D(Layer):
                      columns=scratch("cols"), full=scratch("full"), u=scratch("wino_u"),
                      tiles_padded=scratch("wino_padded"), v=scratch("wino_v"), m=scratch("wino_m"), out=out)
             ]  # fmt: skip
-        if self.wide:
-            columns = buf("cols") if self.keep_columns else scratch("cols")
-            return [
-                Call(conv2d_forward_wide, x=X, **self.common(), keep=self.keep_columns, relu=relu,
-                     padded=scratch("padded"), columns=columns, full=scratch("full"), out=out)
-            ]  # fmt: skip
-        sh, sw = pair(self.config.stride)
+        columns = buf("cols") if self.keep_columns else scratch("cols")
         return [
-            Call(conv2d_forward, x=X, **self.common(), sh=sh, sw=sw, relu=False, cols=buf("cols"),
-                 out=buf("out"))
+            Call(conv2d_forward_wide, x=X, **self.common(), keep=self.keep_columns, relu=relu,
+                 padded=scratch("padded"), columns=columns, full=scratch("full"), out=out)
         ]  # fmt: skip
 
     def activation_pool_calls(self, pooled: Ref, epilogue: Epilogue | None = None) -> list[Call]:
@@ -331,11 +331,12 @@ class Conv2D(Layer):
         ]  # fmt: skip
 
     def folded_calls(self, out: Ref) -> list[Call]:
-        """Inference of this layer, the batch norm after it (self.folded_norm, in inference
-        form) and a ReLU, into `out`: the batch norm's scale and shift folded into a copy of
-        the weights and bias (fold_batchnorm), then the forward kernel with its ReLU."""
-        norm = self.folded_norm
-        assert norm is not None  # fuses_pool found it; the plan asks for these calls right after
+        """Inference of this layer and the batch norm after it (self.folded_norm, in
+        inference form), and a ReLU after that when fuses_pool found one (self.folded_relu),
+        into `out`: the batch norm's scale and shift folded into a copy of the weights and
+        bias (fold_batchnorm), then the forward kernel (applying the ReLU)."""
+        norm, relu = self.folded_norm, self.folded_relu
+        assert norm is not None  # folds or fuses_pool found it; the plan asks for these calls right after
         eps = float(norm.config.model_dump()["eps"])  # a batch norm config: fuses_pool checked the type
         fold = Call(fold_batchnorm, weight=param("weight"), bias=self.common()["bias"],
                     use_bias=self.config.use_bias, norm_weight=Ref("next_param", "weight", 1),
@@ -345,17 +346,14 @@ class Conv2D(Layer):
         common = {**self.common(), "weight": scratch("folded_weight"), "bias": scratch("folded_bias"),
                   "use_bias": True}  # fmt: skip
         if self.winograd_inference:
-            return [fold, Call(conv2d_forward_3x3, x=X, **common, relu=True, padded=scratch("padded"),
+            return [fold, Call(conv2d_forward_3x3, x=X, **common, relu=relu, padded=scratch("padded"),
                                columns=scratch("cols"), full=scratch("full"), u=scratch("wino_u"),
                                tiles_padded=scratch("wino_padded"), v=scratch("wino_v"), m=scratch("wino_m"),
                                out=out)]  # fmt: skip
-        if self.wide:
-            columns = buf("cols") if self.keep_columns else scratch("cols")
-            return [fold, Call(conv2d_forward_wide, x=X, **common, keep=self.keep_columns, relu=True,
-                               padded=scratch("padded"), columns=columns, full=scratch("full"),
-                               out=out)]  # fmt: skip
-        sh, sw = pair(self.config.stride)
-        return [fold, Call(conv2d_forward, x=X, **common, sh=sh, sw=sw, relu=True, cols=buf("cols"), out=out)]
+        columns = buf("cols") if self.keep_columns else scratch("cols")
+        forward = Call(conv2d_forward_wide, x=X, **common, keep=self.keep_columns, relu=relu,
+                       padded=scratch("padded"), columns=columns, full=scratch("full"), out=out)  # fmt: skip
+        return [fold, forward]
 
     def backward_calls(
         self, need_grad_x: bool, relu_output: Ref | None = None, epilogue: Epilogue | None = None
@@ -371,21 +369,14 @@ class Conv2D(Layer):
         common = self.common()
         del common["bias"]
         grad_bias = grad("bias") if self.config.use_bias else scratch("no_bias")
-        if self.wide:
-            columns = buf("cols") if self.keep_columns else scratch("cols")
-            activated = relu_output if relu_output is not None else buf("out")
-            return [
-                *first,
-                Call(conv2d_backward_wide, grad_out=incoming, x=X, **common, keep=self.keep_columns,
-                     need_grad_x=need_grad_x, relu=relu_output is not None and epilogue is None,
-                     activated=activated, padded=scratch("padded"), padded_grad=scratch("padded_grad"),
-                     columns=columns, full=scratch("full"), weight_t=scratch("weight_t"),
-                     grad_weight=grad("weight"), grad_bias=grad_bias, grad_x=buf("grad_x"))
-            ]  # fmt: skip
-        sh, sw = pair(self.config.stride)
+        columns = buf("cols") if self.keep_columns else scratch("cols")
+        activated = relu_output if relu_output is not None else buf("out")
         return [
-            Call(conv2d_backward, grad_out=GRAD_OUT, **common, cols=buf("cols"), need_grad_x=need_grad_x,
-                 sh=sh, sw=sw, grad_cols=scratch("grad_cols"), weight_t=scratch("weight_t"),
+            *first,
+            Call(conv2d_backward_wide, grad_out=incoming, x=X, **common, keep=self.keep_columns,
+                 need_grad_x=need_grad_x, relu=relu_output is not None and epilogue is None,
+                 activated=activated, padded=scratch("padded"), padded_grad=scratch("padded_grad"),
+                 columns=columns, full=scratch("full"), weight_t=scratch("weight_t"),
                  grad_weight=grad("weight"), grad_bias=grad_bias, grad_x=buf("grad_x"))
         ]  # fmt: skip
 
