@@ -43,6 +43,9 @@ def test_large_3x3_convolutions_use_winograd():
     strided = make_layer({"type": "conv2d", "filters": 64, "kernel_size": 3, "stride": 2}, (32, 26, 26))
     five = make_layer({"type": "conv2d", "filters": 64, "kernel_size": 5}, (32, 26, 26))
     assert large.winograd and not (small.winograd or strided.winograd or five.winograd)
+    # A single image of 7x7 outputs (16 tiles) takes the wide product; a batch Winograd.
+    tiny = make_layer({"type": "conv2d", "filters": 96, "kernel_size": 3, "padding": 1}, (96, 7, 7))
+    assert tiny.winograd and (tiny.winograd_min_images, large.winograd_min_images) == (2, 1)
 
 
 @pytest.mark.parametrize("padding", [0, 1])

@@ -186,18 +186,14 @@ def conv2d_forward_winograd(x, weight, bias, use_bias, relu, pad_top, pad_left, 
         transform_output(m, tiles_h, tiles_w, bias, use_bias, relu, out[n])
 
 
-# From this many images per call on, the Winograd forward is used (see the module docs).
-WINOGRAD_MIN_IMAGES = 1
-
-
 @njit(cache=True, fastmath=True, nogil=True)
 def conv2d_forward_3x3(
-    x, weight, bias, use_bias, relu, sh, sw, pad_top, pad_left, padded, columns, full, u, tiles_padded, v, m,
-    out,
+    x, weight, bias, use_bias, relu, sh, sw, pad_top, pad_left, min_images, padded, columns, full, u,
+    tiles_padded, v, m, out,
 ):  # fmt: skip
-    """A large 3x3 stride-1 convolution's forward pass: Winograd from WINOGRAD_MIN_IMAGES
-    images on, else the wide im2col product (one large matrix product, threaded by BLAS)."""
-    if x.shape[0] >= WINOGRAD_MIN_IMAGES:
+    """A large 3x3 stride-1 convolution's forward pass: Winograd from `min_images` images
+    per call on, else the wide im2col product (see Conv2D.WINOGRAD_MIN_TILES)."""
+    if x.shape[0] >= min_images:
         conv2d_forward_winograd(
             x, weight, bias, use_bias, relu, pad_top, pad_left, u, tiles_padded, v, m, out
         )

@@ -86,7 +86,8 @@ class Conv2D(Layer):
       image are kept from forward for backward; larger ones are rebuilt there.
     - 3x3 at stride 1 whose columns are not kept, with in x out channels at least
       WINOGRAD_MIN_PAIRS (WINOGRAD_INFERENCE_MIN_PAIRS for inference): forward by Winograd
-      F(2x2, 3x3) (conv2d_forward_3x3, 2.25x fewer multiplications); backward by the wide path.
+      F(2x2, 3x3) (conv2d_forward_3x3, 2.25x fewer multiplications; a single image only with
+      WINOGRAD_MIN_TILES output tiles); backward by the wide path.
     In a compiled plan (cnntool.compile.plan), a ReLU reading only a convolution is applied
     by its kernels as they write the output, and masks the gradient in backward (`fuses`);
     for inference, a ReLU and a 2x2 stride-2 max-pool after it are one pass over the product
@@ -157,6 +158,12 @@ class Conv2D(Layer):
     # the ResNet's training losses drift further from PyTorch's (tools/bench.py, 3 epochs:
     # 4.7e-4 against 1.6e-4) for a gain within the noise of a whole step.
     WINOGRAD_INFERENCE_MIN_PAIRS = 256
+    # A single image goes by Winograd only with at least this many 2x2 output tiles: at 7x7
+    # (16 tiles, the last row and column half empty) the 16 small tile products lose to the
+    # one wide product (96 -> 96 channels, one thread: 140 µs wide against 170-195 µs
+    # Winograd), while a batch still gains (the ResNet's last stage, batch 64: 8.6 ms
+    # Winograd against 14.7 ms wide).
+    WINOGRAD_MIN_TILES = 25
 
     def fuses(self, activation: Layer) -> bool:
         """A ReLU after a convolution is applied by the wide kernels as they write the
@@ -216,6 +223,11 @@ class Conv2D(Layer):
         )
 
     @property
+    def winograd_min_images(self) -> int:
+        """Images per call from which the Winograd kernel uses Winograd (conv2d_forward_3x3)."""
+        return 1 if self.tiles[0] * self.tiles[1] >= self.WINOGRAD_MIN_TILES else 2
+
+    @property
     def tiles(self) -> tuple[int, int]:
         """Winograd's 2x2 output tiles down and across."""
         _, oh, ow = self.output_shape
@@ -245,7 +257,11 @@ class Conv2D(Layer):
 
     @property
     def keep_columns(self) -> bool:
-        return self.rows * self.span * 4 <= self.KEEP_COLUMNS_BYTES
+        """Whether each image's columns are kept from forward for backward: small layers',
+        and a strided layer's, as the classic im2col this path replaced did (rebuilding
+        them would cut the image into its phases again; they are a quarter the size of a
+        stride-1 layer's)."""
+        return not self.stride_one or self.rows * self.span * 4 <= self.KEEP_COLUMNS_BYTES
 
     def buffers(self) -> dict[str, Array]:
         arrays = {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
@@ -301,16 +317,20 @@ class Conv2D(Layer):
         out = relu_into if relu_into is not None else buf("out")
         relu = relu_into is not None
         if self.winograd or (self.winograd_inference and not training):
-            return [
-                Call(conv2d_forward_3x3, x=X, **self.common(), relu=relu, padded=scratch("padded"),
-                     columns=scratch("cols"), full=scratch("full"), u=scratch("wino_u"),
-                     tiles_padded=scratch("wino_padded"), v=scratch("wino_v"), m=scratch("wino_m"), out=out)
-            ]  # fmt: skip
+            return [self.winograd_call(self.common(), relu, out)]
         columns = buf("cols") if self.keep_columns else scratch("cols")
         return [
             Call(conv2d_forward_wide, x=X, **self.common(), keep=self.keep_columns, relu=relu,
                  padded=scratch("padded"), columns=columns, full=scratch("full"), out=out)
         ]  # fmt: skip
+
+    def winograd_call(self, common: dict, relu: bool, out: Ref) -> Call:
+        """The Winograd forward kernel with the arguments `common` (see common())."""
+        return Call(conv2d_forward_3x3, x=X, **common, relu=relu, min_images=self.winograd_min_images,
+                    padded=scratch("padded"), columns=scratch("cols"), full=scratch("full"),
+                    u=scratch("wino_u"),
+                    tiles_padded=scratch("wino_padded"), v=scratch("wino_v"), m=scratch("wino_m"),
+                    out=out)  # fmt: skip
 
     def activation_pool_calls(self, pooled: Ref, epilogue: Epilogue | None = None) -> list[Call]:
         """Inference of this layer, a ReLU (or an increasing `epilogue`) and a 2x2 max-pool
@@ -346,10 +366,7 @@ class Conv2D(Layer):
         common = {**self.common(), "weight": scratch("folded_weight"), "bias": scratch("folded_bias"),
                   "use_bias": True}  # fmt: skip
         if self.winograd_inference:
-            return [fold, Call(conv2d_forward_3x3, x=X, **common, relu=relu, padded=scratch("padded"),
-                               columns=scratch("cols"), full=scratch("full"), u=scratch("wino_u"),
-                               tiles_padded=scratch("wino_padded"), v=scratch("wino_v"), m=scratch("wino_m"),
-                               out=out)]  # fmt: skip
+            return [fold, self.winograd_call(common, relu, out)]
         columns = buf("cols") if self.keep_columns else scratch("cols")
         forward = Call(conv2d_forward_wide, x=X, **common, keep=self.keep_columns, relu=relu,
                        padded=scratch("padded"), columns=columns, full=scratch("full"), out=out)  # fmt: skip
