@@ -191,7 +191,7 @@ class Generator:
                 calls = layer.activation_pool_calls(Ref("next_buf", "out", 2), **self.epilogue_after(index))
             elif inference_only and self.chained(index, stop) and layer.folds(self.net.layers[index + 1]):
                 pooled = index + 1
-                calls = layer.folded_calls(NEXT_OUT)
+                calls = layer.folded_calls(self.net.layers[index + 1], NEXT_OUT)
             elif self.fused(index - 1, stop):  # the layer before computed this ReLU already
                 lines[-1] += " (applied by the layer before)"
                 continue

@@ -372,11 +372,11 @@ class Layer:
     def folds(self, following: Layer) -> bool:
         """Whether, for inference, this layer's kernels can compute `following` (the layer
         right after it, its only reader) too, by folding it into a copy of this layer's
-        weights: the plan then calls `folded_calls(<following's output>)` and runs no kernel
-        for `following`."""
+        weights: the plan then calls `folded_calls(following, <following's output>)` and runs
+        no kernel for `following`."""
         return False
 
-    def folded_calls(self, out: Ref) -> list[Call]:
+    def folded_calls(self, following: Layer, out: Ref) -> list[Call]:
         """The inference calls of this layer with the layer `folds` accepted folded in."""
         raise NotImplementedError(f"{type(self).__name__} folds no layer")
 

@@ -180,9 +180,9 @@ class Conv2D(Layer):
         batch norm's running statistics are folded into the weights (fold_batchnorm), and
         the convolution applies the ReLU as it writes; `folded_norm` remembers the batch
         norm for activation_pool_calls."""
-        self.folded_norm, self.folded_relu = None, False
+        self.folded_norm = None
         if activation.config.type == "batchnorm2d" and pool.epilogue == "relu":
-            self.folded_norm, self.folded_relu = activation, True
+            self.folded_norm = activation
             return True
         epilogue = activation.epilogue
         increasing = epilogue.increasing if isinstance(epilogue, Epilogue) else epilogue == "relu"
@@ -196,11 +196,7 @@ class Conv2D(Layer):
     def folds(self, following: Layer) -> bool:
         """For inference, a batch norm after it (without a ReLU: before an `add`, say) is
         folded into a copy of the weights and bias (fold_batchnorm)."""
-        self.folded_norm, self.folded_relu = None, False
-        if following.config.type == "batchnorm2d":
-            self.folded_norm = following
-            return True
-        return False
+        return following.config.type == "batchnorm2d"
 
     @property
     def stride_one(self) -> bool:
@@ -337,8 +333,9 @@ class Conv2D(Layer):
         after it, into `pooled` (the pool's output buffer): one pass over the product
         instead of three. Or, after fuses_pool(batch norm, ReLU), this layer with the batch
         norm folded in and the ReLU applied, into the ReLU's output (folded_calls)."""
-        if getattr(self, "folded_norm", None) is not None and epilogue is None:
-            return self.folded_calls(pooled)
+        norm = getattr(self, "folded_norm", None)
+        if norm is not None and epilogue is None:
+            return self.folded_calls(norm, pooled, relu=True)
         columns = buf("cols") if self.keep_columns else scratch("cols")
         if epilogue is not None:
             return [
@@ -350,14 +347,12 @@ class Conv2D(Layer):
                  full=scratch("full"), out=pooled)
         ]  # fmt: skip
 
-    def folded_calls(self, out: Ref) -> list[Call]:
-        """Inference of this layer and the batch norm after it (self.folded_norm, in
-        inference form), and a ReLU after that when fuses_pool found one (self.folded_relu),
-        into `out`: the batch norm's scale and shift folded into a copy of the weights and
-        bias (fold_batchnorm), then the forward kernel (applying the ReLU)."""
-        norm, relu = self.folded_norm, self.folded_relu
-        assert norm is not None  # folds or fuses_pool found it; the plan asks for these calls right after
-        eps = float(norm.config.model_dump()["eps"])  # a batch norm config: fuses_pool checked the type
+    def folded_calls(self, following: Layer, out: Ref, relu: bool = False) -> list[Call]:
+        """Inference of this layer and the batch norm after it (`following`, in inference
+        form), then a ReLU with `relu` (fuses_pool found one), into `out`: the batch norm's
+        scale and shift folded into a copy of the weights and bias (fold_batchnorm), then
+        the forward kernel (applying the ReLU)."""
+        eps = float(following.config.model_dump()["eps"])  # a batch norm: folds or fuses_pool checked
         fold = Call(fold_batchnorm, weight=param("weight"), bias=self.common()["bias"],
                     use_bias=self.config.use_bias, norm_weight=Ref("next_param", "weight", 1),
                     norm_bias=Ref("next_param", "bias", 1), running_mean=Ref("next_state", "running_mean", 1),
