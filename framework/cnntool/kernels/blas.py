@@ -1,8 +1,9 @@
-"""Matrix products through BLAS sgemm (scipy's), called directly, for what numpy's np.dot
-cannot express: operands that start in the middle of an array and have their own row
-stride, and results accumulated into (beta = 1). The dense and convolution kernels use it.
-Products with an inner or output dimension of a few elements (a batch of one, an image with
-one channel) run as plain loops instead, where BLAS is slow.
+"""Matrix products through BLAS sgemm (numpy's OpenBLAS, or scipy's: system/cpu.py), called
+directly, for what numpy's np.dot cannot express: operands that start in the middle of an
+array and have their own row stride, and results accumulated into (beta = 1). The dense
+and convolution kernels use it. Products with an inner or output dimension of a few
+elements (a batch of one, an image with one channel) run as plain loops instead, where
+BLAS is slow.
 
 The symbol is registered with LLVM under a fixed name when this module is imported, so the
 compiled kernels refer to it by name and numba can cache them like any other function.
@@ -11,16 +12,11 @@ compiled kernels refer to it by name and numba can cache them like any other fun
 import llvmlite.binding as llvm
 import numpy as np
 from numba import njit, types
-from numba.extending import get_cython_function_address
 
-from cnntool.system.cpu import blas_loading
+from cnntool.system.cpu import kernel_blas
 
-with blas_loading():
-    import scipy.linalg.cython_blas  # noqa: F401  (loads the library, choosing its kernels)
-
-llvm.add_symbol("cnntool_sgemm", get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
-llvm.add_symbol("cnntool_sgemv", get_cython_function_address("scipy.linalg.cython_blas", "sgemv"))
-llvm.add_symbol("cnntool_saxpy", get_cython_function_address("scipy.linalg.cython_blas", "saxpy"))
+for _routine, _address in kernel_blas().addresses.items():
+    llvm.add_symbol(f"cnntool_{_routine}", _address)
 _pointer = types.voidptr
 _sgemm = types.ExternalFunction("cnntool_sgemm", types.void(*([_pointer] * 13)))
 _sgemv = types.ExternalFunction("cnntool_sgemv", types.void(*([_pointer] * 11)))
@@ -30,6 +26,8 @@ _saxpy = types.ExternalFunction("cnntool_saxpy", types.void(*([_pointer] * 6)))
 # once per value for plain constants, which would triple the helpers' compile time.
 NO = np.int64(ord("N"))
 YES = np.int64(ord("T"))
+# The integer arguments' type: 64 bits, read as 32 by a 32-bit BLAS (see system/cpu.py).
+INT = np.int64
 # Below this inner or output size, plain loops beat a BLAS call.
 SMALL = 4
 
@@ -89,7 +87,7 @@ def vector_product(trans_a, trans_b, n, k, alpha, a, lda, b, ldb, beta, c):
     column-major (n, k), so c = B_cm @ a; row-major B.T needs the column-major transpose."""
     flag = np.empty(1, np.uint8)
     flag[0] = NO if trans_b == NO else YES
-    sizes = np.empty(5, np.int32)
+    sizes = np.empty(5, INT)
     sizes[0] = n if trans_b == NO else k
     sizes[1] = k if trans_b == NO else n
     sizes[2] = ldb
@@ -108,7 +106,7 @@ def vector_product(trans_a, trans_b, n, k, alpha, a, lda, b, ldb, beta, c):
 def axpy(alpha, x, y):
     """y += alpha * x over two contiguous 1-D float32 arrays of one size, through saxpy: for
     long arrays, where the BLAS threads share the memory traffic (a loop here runs on one)."""
-    sizes = np.empty(2, np.int32)
+    sizes = np.empty(2, INT)
     sizes[0] = x.size
     sizes[1] = 1
     scalar = np.empty(1, np.float32)
@@ -138,7 +136,7 @@ def gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     flags = np.empty(2, np.uint8)
     flags[0] = trans_b
     flags[1] = trans_a
-    sizes = np.empty(6, np.int32)
+    sizes = np.empty(6, INT)
     sizes[0] = n
     sizes[1] = m
     sizes[2] = k

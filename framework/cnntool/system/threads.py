@@ -7,28 +7,26 @@ on its piece (numba kernels release the GIL). A batch too small to cut (a single
 instead lets the BLAS library inside the kernels use the threads for its matrix products,
 when they are large enough to gain from it (model/network.py: BLAS_THREADS_FLOPS).
 So the two never run at once: BLAS gets one thread while the batch pieces run, all of them
-otherwise (`use_blas_threads`), and every other BLAS library in the process (numpy's) stays
+otherwise (`use_blas_threads`), and any other BLAS library in the process (scipy's, say) stays
 at one. numba's own pool is set to the same count for any kernel that uses prange.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 from cnntool.errors import CnntoolError
-from cnntool.system.cpu import load_blas
+from cnntool.system.cpu import kernel_blas, load_blas
 
 THREADS_ENV = "CNNTOOL_THREADS"
 _configured: int | None = None
 _pool: ThreadPoolExecutor | None = None
 _blas_threads: int | None = None
-_blas_setter: Any = None
 
 
 def available_cpus() -> int:
@@ -106,18 +104,5 @@ def use_blas_threads(count: int) -> None:
 
 
 def blas_thread_setter() -> Any:
-    """OpenBLAS's own thread-count function in the library the kernels call, or None."""
-    global _blas_setter
-    if _blas_setter is None:
-        load_blas()
-
-        _blas_setter = False
-        for info in threadpool_info():
-            if info.get("internal_api") == "openblas" and "scipy.libs" in info.get("filepath", ""):
-                library = ctypes.CDLL(info["filepath"])
-                for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
-                    if hasattr(library, name):
-                        _blas_setter = getattr(library, name)
-                        _blas_setter.argtypes = [ctypes.c_int]
-                        break
-    return _blas_setter or None
+    """The thread-count function of the OpenBLAS the kernels call, or None."""
+    return kernel_blas().set_threads
