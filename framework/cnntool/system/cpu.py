@@ -4,9 +4,8 @@ The library: numpy's own OpenBLAS where numpy carries one (its wheels do), else 
 Both are OpenBLAS builds of one age, but numpy's (0.3.31 with numpy 2.4) multiplies the
 shapes a convolution makes 1.15-2x faster than scipy's (0.3.30 with scipy 1.17) on one
 AVX2 core, measured on a 2-core AMD EPYC: 127 against 214 µs for 24 x 216 by 216 x 838, 61
-against 121 µs for 16 x 144 by 144 x 838, about the same for 256-cubed. Using it also
-spares importing scipy (0.27 s). The routines are found by name in numpy's extension
-module, whose dependencies include its BLAS.
+against 121 µs for 16 x 144 by 144 x 838, about the same for 256-cubed. The routines are
+found by name in numpy's extension module, whose dependencies include its BLAS.
 
 The kernels inside it: OpenBLAS builds carry several kernel sets and pick one per CPU
 model when the library is loaded (or take OPENBLAS_CORETYPE). On CPUs with AVX-512 the
