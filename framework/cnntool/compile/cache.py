@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-import cnntool.kernels
 from cnntool.system.files import atomic_write
+from cnntool.system.numba_cache import files_digest, kernel_files
 
 CACHE_ENV = "CNNTOOL_CACHE_DIR"
 
@@ -55,15 +55,10 @@ def load_module(source: str, prefix: str = "cnntool_plan") -> ModuleType:
 
 def kernel_sources_digest(kernels: dict) -> str:
     """sha256 of the source files of cnntool's kernels and of every module a kernel comes from."""
-
     files = {
         Path(module.__file__) for module in (sys.modules[k.__module__] for k in kernels) if module.__file__
     }
-    files |= set(Path(cnntool.kernels.__file__).parent.glob("*.py"))
-    sha = hashlib.sha256()
-    for path in sorted(files):
-        sha.update(path.read_bytes())
-    return sha.hexdigest()[:16]
+    return files_digest(files | kernel_files())
 
 
 # numba runs other machine code in the process that compiles a function than in a process

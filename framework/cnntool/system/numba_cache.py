@@ -1,0 +1,84 @@
+"""numba's disk cache, made to notice when cnntool's kernels change.
+
+numba keys a cached function on its own source file alone. A kernel's cached machine code
+also holds the code of every kernel it calls, from other files, so after an edit to one
+kernel file (an editable install, a `git pull`) the callers in the files that did not
+change would load the old code of their callees. With `kernels/blas.py` that is a crash:
+the old code passes the sizes as 32-bit integers to a BLAS that now reads 64-bit ones.
+
+So every cached function whose source file is part of cnntool, or mentions it (a plugin's
+kernels, a generated plan), is stamped with its own file's stamp and the digest of
+cnntool's kernel sources: any change to a kernel file recompiles them all, once. Other
+numba code in the process keeps numba's own stamp.
+
+This wraps numba's cache locators (`CacheImpl._locator_classes`), which are not public
+API; with a numba that has none, nothing is changed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+PACKAGE = Path(__file__).resolve().parent.parent  # framework/cnntool
+KERNELS = PACKAGE / "kernels"
+
+
+def files_digest(paths: Iterable[Path]) -> str:
+    """sha256 (16 hex digits) of the contents of `paths`, in sorted order."""
+    sha = hashlib.sha256()
+    for path in sorted(paths):
+        sha.update(path.read_bytes())
+    return sha.hexdigest()[:16]
+
+
+def kernel_files() -> set[Path]:
+    """The source files of cnntool's kernels."""
+    return set(KERNELS.glob("*.py"))
+
+
+@functools.cache
+def kernels_digest() -> str:
+    return files_digest(kernel_files())
+
+
+@functools.cache
+def depends_on_cnntool(py_file: str) -> bool:
+    """Whether a cached function from `py_file` may call cnntool's kernels."""
+    path = Path(py_file).resolve()
+    if path.is_relative_to(PACKAGE):
+        return True
+    try:
+        return b"cnntool" in path.read_bytes()
+    except OSError:
+        return False
+
+
+def _with_kernel_digest(base: type) -> type:
+    class Locator(base):
+        def get_source_stamp(self) -> Any:
+            stamp = super().get_source_stamp()
+            py_file = getattr(self, "_py_file", None)
+            if py_file and os.path.exists(py_file) and depends_on_cnntool(py_file):
+                return (stamp, kernels_digest())
+            return stamp
+
+    Locator.__name__ = Locator.__qualname__ = f"Cnntool{base.__name__}"
+    Locator.__doc__ = f"{base.__name__}, stamped with cnntool's kernel digest (cnntool.system.numba_cache)."
+    return Locator
+
+
+def install() -> None:
+    """Stamp cnntool's cached functions with the kernel digest (see the module docs); call
+    before any kernel is defined. Idempotent."""
+    from numba.core import caching
+
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    classes = getattr(impl, "_locator_classes", None)
+    if not isinstance(classes, list) or any(c.__name__.startswith("Cnntool") for c in classes):
+        return
+    impl._locator_classes = [_with_kernel_digest(c) for c in classes]  # type: ignore[union-attr]
