@@ -259,6 +259,11 @@ class Conv2D(Layer):
         stride-1 layer's)."""
         return not self.stride_one or self.rows * self.span * 4 <= self.KEEP_COLUMNS_BYTES
 
+    @property
+    def columns(self) -> Ref:
+        """The wide kernels' columns: a buffer kept for backward, or shared scratch."""
+        return buf("cols") if self.keep_columns else scratch("cols")
+
     def buffers(self) -> dict[str, Array]:
         arrays = {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
         if self.keep_columns:
@@ -304,7 +309,7 @@ class Conv2D(Layer):
         the plan fuses the two) it applies the ReLU and writes there, or the `epilogue` of
         another activation (keeping its own output, the pre-activation, for backward)."""
         if epilogue is not None:
-            columns = buf("cols") if self.keep_columns else scratch("cols")
+            columns = self.columns
             return [
                 Call(conv2d_forward_wide_epilogue, x=X, **self.common(), keep=self.keep_columns,
                      padded=scratch("padded"), columns=columns, full=scratch("full"), **epilogue.arguments(),
@@ -314,7 +319,7 @@ class Conv2D(Layer):
         relu = relu_into is not None
         if self.winograd or (self.winograd_inference and not training):
             return [self.winograd_call(self.common(), relu, out)]
-        columns = buf("cols") if self.keep_columns else scratch("cols")
+        columns = self.columns
         return [
             Call(conv2d_forward_wide, x=X, **self.common(), keep=self.keep_columns, relu=relu,
                  padded=scratch("padded"), columns=columns, full=scratch("full"), out=out)
@@ -336,7 +341,7 @@ class Conv2D(Layer):
         norm = getattr(self, "folded_norm", None)
         if norm is not None and epilogue is None:
             return self.folded_calls(norm, pooled, relu=True)
-        columns = buf("cols") if self.keep_columns else scratch("cols")
+        columns = self.columns
         if epilogue is not None:
             return [
                 Call(conv2d_epilogue_pool_wide, x=X, **self.common(), padded=scratch("padded"),
@@ -362,7 +367,7 @@ class Conv2D(Layer):
                   "use_bias": True}  # fmt: skip
         if self.winograd_inference:
             return [fold, self.winograd_call(common, relu, out)]
-        columns = buf("cols") if self.keep_columns else scratch("cols")
+        columns = self.columns
         forward = Call(conv2d_forward_wide, x=X, **common, keep=self.keep_columns, relu=relu,
                        padded=scratch("padded"), columns=columns, full=scratch("full"), out=out)  # fmt: skip
         return [fold, forward]
@@ -381,7 +386,7 @@ class Conv2D(Layer):
         common = self.common()
         del common["bias"]
         grad_bias = grad("bias") if self.config.use_bias else scratch("no_bias")
-        columns = buf("cols") if self.keep_columns else scratch("cols")
+        columns = self.columns
         activated = relu_output if relu_output is not None else buf("out")
         return [
             *first,

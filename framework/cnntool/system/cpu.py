@@ -152,9 +152,3 @@ def kernel_blas() -> KernelBlas:
         if found is not None and (wanted == "keep" or not (avx512_unused and blas_coretype())):
             return found
     return scipy_blas()
-
-
-def load_blas() -> None:
-    """Load the BLAS library the kernels call. `cnntool.kernels.blas` binds its functions;
-    `cnntool.system.threads` limits its threads."""
-    kernel_blas()

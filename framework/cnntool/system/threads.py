@@ -21,7 +21,7 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from cnntool.errors import CnntoolError
-from cnntool.system.cpu import kernel_blas, load_blas
+from cnntool.system.cpu import kernel_blas
 
 THREADS_ENV = "CNNTOOL_THREADS"
 _configured: int | None = None
@@ -60,7 +60,7 @@ def set_threads(threads: int | None = None) -> int:
     # numba takes a second to import: only when threads are set, not for `cnntool --help`.
     import numba
 
-    load_blas()  # the BLAS the kernels call, so that it is limited too
+    kernel_blas()  # load the BLAS the kernels call, so that it is limited too
 
     global _blas_threads
     count = requested_threads(threads)
