@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import os
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -37,8 +34,6 @@ try:
 except ImportError:  # Windows: no advisory locks; concurrent downloads are not coordinated
     fcntl = None  # type: ignore[assignment]  # the module is absent there; checked before use
 
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from cnntool import __version__
 from cnntool.errors import DataError
@@ -205,6 +200,10 @@ def _fetch_one(
 def _transfer(url: str, part: Path, remote: RemoteFile, timeout: float, progress: TransferProgress) -> bool:
     """Bring `part` up to `remote.bytes` bytes from `url`, continuing what it already holds;
     return whether bytes from before were kept."""
+    import http.client  # here, not at the top: only downloads need the HTTP stack (start-up)
+    import urllib.error
+    import urllib.request
+
     have = part.stat().st_size if part.is_file() else 0
     if have > remote.bytes:
         part.unlink()
@@ -243,6 +242,8 @@ def _copy(
     response, part: Path, have: int, remote: RemoteFile, timeout: float, progress: TransferProgress
 ) -> int:
     """Append the response body to `part`; return the bytes `part` then holds."""
+    import http.client
+
     try:
         out = part.open("ab" if have else "wb")
     except OSError as exc:
@@ -281,6 +282,8 @@ def _continues(response, have: int) -> bool:
 
 
 def _network_failure(exc: BaseException, timeout: float) -> str:
+    import urllib.error
+
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
     if isinstance(reason, TimeoutError):
         return f"timed out after {timeout:g} s"
@@ -312,6 +315,9 @@ class TransferProgress:
         self.name, self.total, self.done, self.started = name, total, done, time.perf_counter()
         action = f"resuming {name} at {done / 1e6:.1f} of" if done else f"downloading {name},"
         if self.out.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
             self.bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),

@@ -84,10 +84,16 @@ class Registry:
             load_plugins = os.environ.get(DISABLE_PLUGINS_ENV, "").strip().lower() in ("", "0", "false", "no")
         registry = cls(load_plugins=load_plugins)
         found = []
+        providers: dict[int, tuple[str, str]] = {}  # id(dist) -> (name, version)
         for ep in entry_points(group=GROUP):
             dist = getattr(ep, "dist", None)
-            distribution = dist.name if dist is not None else "<unknown>"
-            version = dist.version if dist is not None else "?"
+            if dist is None:
+                distribution, version = "<unknown>", "?"
+            else:
+                if id(dist) not in providers:  # each .name, .version parses METADATA again
+                    metadata = dist.metadata
+                    providers[id(dist)] = (metadata["Name"], metadata["Version"])
+                distribution, version = providers[id(dist)]
             found.append(LayerType(ep.name, ep.value, canonical(distribution), version, ep))
         # Built-ins first, so a plugin claiming a built-in name is refused whatever the order
         # of sys.path.
@@ -192,7 +198,7 @@ class Registry:
             if literal != (entry.name,):
                 found = f"Literal[{', '.join(map(repr, literal))}]" if literal else "no type literal"
                 problem = f"{entry.value}.Config must declare type: Literal[{entry.name!r}], found {found}"
-            else:
+            elif not entry.builtin:  # the built-ins' schemas are checked by the tests
                 # `cnntool schema` and the spec union need every config to have a JSON Schema.
                 try:
                     config.model_json_schema()

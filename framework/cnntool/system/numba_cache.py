@@ -11,8 +11,14 @@ kernels, a generated plan), is stamped with its own file's stamp and the digest 
 cnntool's kernel sources: any change to a kernel file recompiles them all, once. Other
 numba code in the process keeps numba's own stamp.
 
-This wraps numba's cache locators (`CacheImpl._locator_classes`), which are not public
-API; with a numba that has none, nothing is changed.
+Loading such a function from the cache also skips numba's `refresh` of its compiler
+registries: that imports every implementation numba has (and scipy.linalg with them), 0.4-0.6
+s of a warm `cnntool infer`, for machine code that needs none of them, only numba's runtime
+(initialised here). numba's compiler refreshes the registries itself before it compiles
+anything, so a later cache miss compiles as before.
+
+This wraps numba's cache locators (`CacheImpl._locator_classes`) and `Cache.load_overload`,
+which are not public API; with a numba that lacks them, nothing is changed.
 """
 
 from __future__ import annotations
@@ -72,11 +78,36 @@ def _with_kernel_digest(base: type) -> type:
     return Locator
 
 
+def _without_refresh(original: Any) -> Any:
+    from numba.core.runtime import rtsys
+
+    @functools.wraps(original)
+    def load_overload(self: Any, sig: Any, target_context: Any) -> Any:
+        py_file = getattr(getattr(self, "_py_func", None), "__code__", None)
+        if py_file is None or not depends_on_cnntool(py_file.co_filename):
+            return original(self, sig, target_context)
+        rtsys.initialize(target_context)  # what refresh does that the loaded code needs
+        with self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)
+
+    load_overload.cnntool = True  # type: ignore[attr-defined]
+    return load_overload
+
+
 def install() -> None:
-    """Stamp cnntool's cached functions with the kernel digest (see the module docs); call
-    before any kernel is defined. Idempotent."""
+    """Stamp cnntool's cached functions with the kernel digest, and load them without
+    refreshing numba's registries (see the module docs); call before any kernel is defined.
+    Idempotent."""
     from numba.core import caching
 
+    cache = getattr(caching, "Cache", None)
+    load = getattr(cache, "load_overload", None)
+    if (
+        load is not None
+        and not getattr(load, "cnntool", False)
+        and all(hasattr(cache, name) for name in ("_guard_against_spurious_io_errors", "_load_overload"))
+    ):
+        cache.load_overload = _without_refresh(load)  # type: ignore[union-attr]
     impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
     classes = getattr(impl, "_locator_classes", None)
     if not isinstance(classes, list) or any(c.__name__.startswith("Cnntool") for c in classes):
