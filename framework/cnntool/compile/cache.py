@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
+from cnntool.system import numba_link
 from cnntool.system.files import atomic_write
 from cnntool.system.numba_cache import files_digest, kernel_files
 
@@ -31,6 +32,7 @@ def cache_dir() -> Path:
 
 def load_module(source: str, prefix: str = "cnntool_plan") -> ModuleType:
     """Write the source under a name derived from it (once) and import it."""
+    numba_link.install()  # a plan links its kernels without optimising them again
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     name = f"{prefix}_{digest}"
     if name in sys.modules:
@@ -66,15 +68,18 @@ def kernel_sources_digest(kernels: dict) -> str:
 # float32 sums: a training run that compiled its plan ended with other weights than the same
 # run on a warm cache. Loading the cached plan in the compiling process does not help (its
 # kernels stay the ones compiled there). So training compiles a new plan in a child process
-# first (compile_in_child), and every training process runs the cached code.
-FUNCTIONS = ("predict", "forward", "backward", "train_step", "evaluate")
+# first (compile_in_child), and every training process runs the cached code. The child
+# compiles what an epoch runs, no more: `train_step`, `evaluate` and batch norm's parts;
+# `predict`, `forward` and `backward` compile when first called (each plan function is a
+# compile of its own, with every kernel it calls linked in and optimised again).
+TRAINING_FUNCTIONS = ("train_step", "evaluate")
 
 
 def is_cached(module: ModuleType) -> bool:
-    """Whether numba's cache holds code of every plan function, compiled by some process
-    (numba's own check, the index of each function for its source file's stamp)."""
+    """Whether numba's cache holds code of every plan function training runs, compiled by
+    some process (numba's own check, the index of each function for its source file's stamp)."""
     try:
-        parts = [name for name in vars(module) if name.startswith("train_part")]
-        return all(getattr(module, name)._cache._cache_file._load_index() for name in (*FUNCTIONS, *parts))
+        functions = (*TRAINING_FUNCTIONS, *(["train_parts"] if hasattr(module, "train_parts") else []))
+        return all(getattr(module, name)._cache._cache_file._load_index() for name in functions)
     except Exception:  # another numba: no way to tell, compile here
         return False

@@ -53,7 +53,7 @@ class Generator:
         self.reals: list[float] = []
         self.peaks: list[int] = []  # elements per example of each inference pass (see share)
         self.combines: dict[str, Any] = {}  # scratch array of each Sync -> its combine
-        self.parts: list[str] = []  # train_step cut at its Sync points (see parts)
+        self.parts: list[int] = []  # the numbers of train_step's parts (see cut)
         self.syncs: list[tuple[str, Any]] = []  # (array, combine) after each part but the last
         # Every identifier in the generated code is a prefix and a number: names come from
         # users (layer names) and plugins (buffer names), and a mapping of them to
@@ -284,10 +284,12 @@ class Generator:
                 for line in lines]  # fmt: skip
 
     def cut(self, body: list[str], indent: str) -> list[tuple[str, str, list[str], list[str]]]:
-        """train_step's body cut at its Sync points into functions train_part0, 1, ...:
-        the pieces of a batch each run a part, then cnntool combines the arrays the Sync
-        names, then the next part runs (Network runs them). Each part returns its loss and
-        correct count, zero but for the part computing the loss."""
+        """train_step's body cut at its Sync points into parts 0, 1, ... of one function,
+        train_parts(part, x, labels, grad_scale, ...): the pieces of a batch each run a part,
+        then cnntool combines the arrays the Sync names, then the next part runs (Network runs
+        them). Each part returns its loss and correct count, zero but for the part computing
+        the loss. One function, not one per part: each compiled function links a copy of
+        every kernel it calls, and the parts call mostly the same ones (a ResNet has 19)."""
         if not any(line.lstrip().startswith(SYNC_MARK) for line in body):
             return []
         made: dict[str, str] = {}  # the reshaped views (V, GV) a later part may use, by name
@@ -303,7 +305,7 @@ class Generator:
                 chunks.append([])
             else:
                 chunks[-1].append(line)
-        functions = []
+        code = []
         for number, chunk in enumerate(chunks):
             needed: list[str] = []
             text = "\n".join(chunk)
@@ -315,13 +317,11 @@ class Generator:
                     pending += [other for other in re.findall(r"\bG?V\d+\b", made[name]) if other != name]
             views = [line for name, line in made.items() if name in needed]
             result = "loss, correct" if re.search(r"^\s*loss, correct = ", text, re.M) else "0.0, 0"
-            name = f"train_part{number}"
-            self.parts.append(name)
-            doc = [f"Part {number} of train_step (see Generator.cut)."]
-            functions.append(
-                (name, "x, labels, grad_scale", doc, [*views, *chunk, f"{indent}return {result}"])
-            )
-        return functions
+            self.parts.append(number)
+            code += [f"{indent}if part == {number}:", *(indent + line for line in [*views, *chunk]),
+                     f"{indent * 2}return {result}"]  # fmt: skip
+        doc = ["Part `part` of train_step (see Generator.cut)."]
+        return [("train_parts", "part, x, labels, grad_scale", doc, [*code, f"{indent}return 0.0, 0"])]
 
     def memory(self) -> dict[str, int]:
         """Activation memory per example, in bytes (after `source`): of an inference pass

@@ -2,7 +2,8 @@
 
 When every layer of a network declares its kernel calls (`forward_calls`, `backward_calls`
 in cnntool.layers.base), the network is turned into a small Python module, generated as
-text, holding five @njit functions (each also takes the flat arrays described below):
+text, holding five @njit functions, six with batch norm (each also takes the flat arrays
+described below):
 
     predict(x, probs)                      softmax probabilities into probs
     forward(x, training)                   the last layer's output
@@ -10,6 +11,9 @@ text, holding five @njit functions (each also takes the flat arrays described be
     evaluate(x, labels, predictions)       (loss sum, correct), predicted classes
     train_step(x, labels, grad_scale)      forward, loss from the logits, backward:
                                            (loss sum, correct), gradients filled
+    train_parts(part, x, labels, grad_scale)  with batch norm: train_step cut at the
+                                           points where the pieces of a batch combine
+                                           their statistics, one part per call
 
 Every array they use is a view into a few flat arrays: the network's parameters, gradients
 and state, a per-example workspace (`ws` float32, `iws` int32, sized for the batch at hand)
@@ -132,10 +136,9 @@ class Plan:
         in worker 0's workspace: what a batch cut across threads runs, uncut."""
         space = self.workspace(x.shape[0])
         loss, correct = 0.0, 0
+        arrays = self.arrays("train_parts", space)
         for part in self.parts:
-            part_loss, part_correct = getattr(self.module, part)(
-                x, labels, grad_scale, *self.arrays(part, space)
-            )
+            part_loss, part_correct = self.module.train_parts(part, x, labels, grad_scale, *arrays)
             loss, correct = loss + part_loss, correct + part_correct
         return loss, correct
 

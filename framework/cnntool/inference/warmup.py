@@ -68,8 +68,8 @@ def compile_for_training(net: Any, optimizer: Any, batch_size: int) -> None:
     net.flat_grads.fill(0.0)
 
 
-def warm_batch(net: Any, n: int) -> dict[str, float]:
-    """Seconds each compiled function takes on a batch of n zeros."""
+def warm_batch(net: Any, n: int, only: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Seconds each compiled function (or each of `only`) takes on a batch of n zeros."""
     x = np.zeros((n, *net.input_shape), np.float32)
     labels = np.zeros(n, np.int64)
     tasks = {
@@ -83,6 +83,8 @@ def warm_batch(net: Any, n: int) -> dict[str, float]:
         tasks["train_parts"] = lambda: net.plan.train_in_parts(x, labels, 1.0)
     timings = {}
     for name, task in tasks.items():
+        if only is not None and name not in only:
+            continue
         started = time.perf_counter()
         task()
         timings[name] = time.perf_counter() - started
@@ -93,14 +95,15 @@ CHILD_PROGRAM = """
 import json, sys
 from cnntool.model.network import Network
 from cnntool.inference.warmup import warm_batch
-warm_batch(Network.from_spec(json.loads(sys.stdin.read())), 2)
+warm_batch(Network.from_spec(json.loads(sys.stdin.read())), 2, ("train_step", "evaluate", "train_parts"))
 """
 
 
 def compile_in_child(net: Any) -> None:
-    """Compile the network's plan into numba's cache in a child process, unless it is there
-    already. A network the child cannot rebuild from its spec (layer types given to this
-    process alone) compiles in this process instead, when it is first used."""
+    """Compile what training runs of the network's plan (compile.cache.TRAINING_FUNCTIONS
+    and the parts) into numba's cache in a child process, unless it is there already. A
+    network the child cannot rebuild from its spec (layer types given to this process
+    alone) compiles in this process instead, when it is first used."""
     if net.plan is None or is_cached(net.plan.module):
         return
     with contextlib.suppress(OSError, subprocess.SubprocessError):

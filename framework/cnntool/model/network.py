@@ -346,11 +346,9 @@ class Network:
         batch cut into pieces: every piece runs a part of the step at once, then each
         Sync's arrays are combined over the pieces, then the next part runs."""
         spaces = [plan.workspace(b - a, k) for k, (a, b) in enumerate(pieces)]
-        parts = [
-            (getattr(plan.module, part), [(*scale, *plan.arrays(part, space, offset=a))
-                                          for space, (a, _) in zip(spaces, pieces, strict=True)])
-            for part in plan.parts
-        ]  # fmt: skip
+        arguments = [(*scale, *plan.arrays("train_parts", space, offset=a))
+                     for space, (a, _) in zip(spaces, pieces, strict=True)]  # fmt: skip
+        parts = [(functools.partial(plan.module.train_parts, part), arguments) for part in plan.parts]
         shares = [
             ([plan.scratch_view(space, array) for space in spaces], combine) for array, combine in plan.syncs
         ]
