@@ -50,7 +50,7 @@ def _cheap_for_plans(original: Any) -> Any:
         )
         with self._recorded_timings.record("Module passes (cheap optimization, a cnntool plan)", builder):
             manager.run(self._final_module, builder)
-        if not config.LLVM_REFPRUNE_PASS:
+        if not getattr(config, "LLVM_REFPRUNE_PASS", False):
             self._final_module = remove_redundant_nrt_refct(self._final_module)
         return None
 
