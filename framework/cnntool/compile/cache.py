@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from cnntool.system import numba_link
 from cnntool.system.files import atomic_write
 from cnntool.system.numba_cache import files_digest, kernel_files
 
@@ -32,7 +31,6 @@ def cache_dir() -> Path:
 
 def load_module(source: str, prefix: str = "cnntool_plan") -> ModuleType:
     """Write the source under a name derived from it (once) and import it."""
-    numba_link.install()  # a plan links its kernels without optimising them again
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     name = f"{prefix}_{digest}"
     if name in sys.modules:
@@ -69,10 +67,11 @@ def kernel_sources_digest(kernels: dict) -> str:
 # run on a warm cache. Loading the cached plan in the compiling process does not help (its
 # kernels stay the ones compiled there). So training compiles a new plan in a child process
 # first (compile_in_child), and every training process runs the cached code. The child
-# compiles what an epoch runs, no more: `train_step`, `evaluate` and batch norm's parts;
-# `predict`, `forward` and `backward` compile when first called (each plan function is a
-# compile of its own, with every kernel it calls linked in and optimised again).
-TRAINING_FUNCTIONS = ("train_step", "evaluate")
+# compiles what an epoch runs and what serves its predictions (`predict`: Ray workers,
+# `serve` and `infer` must compute what the training process computes), no more: `forward`
+# and `backward` compile when first called (each plan function is a compile of its own,
+# with every kernel it calls linked in and generated again).
+TRAINING_FUNCTIONS = ("train_step", "evaluate", "predict")
 
 
 def is_cached(module: ModuleType) -> bool:

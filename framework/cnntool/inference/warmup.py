@@ -94,8 +94,9 @@ def warm_batch(net: Any, n: int, only: tuple[str, ...] | None = None) -> dict[st
 CHILD_PROGRAM = """
 import json, sys
 from cnntool.model.network import Network
+from cnntool.compile.cache import TRAINING_FUNCTIONS
 from cnntool.inference.warmup import warm_batch
-warm_batch(Network.from_spec(json.loads(sys.stdin.read())), 2, ("train_step", "evaluate", "train_parts"))
+warm_batch(Network.from_spec(json.loads(sys.stdin.read())), 2, (*TRAINING_FUNCTIONS, "train_parts"))
 """
 
 
