@@ -71,14 +71,15 @@ def kernel_sources_digest(kernels: dict) -> str:
 # `serve` and `infer` must compute what the training process computes), no more: `forward`
 # and `backward` compile when first called (each plan function is a compile of its own,
 # with every kernel it calls linked in and generated again).
-TRAINING_FUNCTIONS = ("train_step", "evaluate", "predict")
+CHILD_FUNCTIONS = ("train_step", "evaluate", "predict")
 
 
 def is_cached(module: ModuleType) -> bool:
-    """Whether numba's cache holds code of every plan function training runs, compiled by
-    some process (numba's own check, the index of each function for its source file's stamp)."""
+    """Whether numba's cache holds code of every plan function the training child compiles
+    (CHILD_FUNCTIONS and the parts), compiled by some process (numba's own check, the index
+    of each function for its source file's stamp)."""
     try:
-        functions = (*TRAINING_FUNCTIONS, *(["train_parts"] if hasattr(module, "train_parts") else []))
+        functions = (*CHILD_FUNCTIONS, *(["train_parts"] if hasattr(module, "train_parts") else []))
         return all(getattr(module, name)._cache._cache_file._load_index() for name in functions)
     except Exception:  # another numba: no way to tell, compile here
         return False

@@ -94,14 +94,14 @@ def warm_batch(net: Any, n: int, only: tuple[str, ...] | None = None) -> dict[st
 CHILD_PROGRAM = """
 import json, sys
 from cnntool.model.network import Network
-from cnntool.compile.cache import TRAINING_FUNCTIONS
+from cnntool.compile.cache import CHILD_FUNCTIONS
 from cnntool.inference.warmup import warm_batch
-warm_batch(Network.from_spec(json.loads(sys.stdin.read())), 2, (*TRAINING_FUNCTIONS, "train_parts"))
+warm_batch(Network.from_spec(json.loads(sys.stdin.read())), 2, (*CHILD_FUNCTIONS, "train_parts"))
 """
 
 
 def compile_in_child(net: Any) -> None:
-    """Compile what training runs of the network's plan (compile.cache.TRAINING_FUNCTIONS
+    """Compile what training and its predictions run of the network's plan (CHILD_FUNCTIONS
     and the parts) into numba's cache in a child process, unless it is there already. A
     network the child cannot rebuild from its spec (layer types given to this process
     alone) compiles in this process instead, when it is first used."""

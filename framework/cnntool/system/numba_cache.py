@@ -83,8 +83,8 @@ def _without_refresh(original: Any) -> Any:
 
     @functools.wraps(original)
     def load_overload(self: Any, sig: Any, target_context: Any) -> Any:
-        py_file = getattr(getattr(self, "_py_func", None), "__code__", None)
-        if py_file is None or not depends_on_cnntool(py_file.co_filename):
+        code = getattr(getattr(self, "_py_func", None), "__code__", None)
+        if code is None or not depends_on_cnntool(code.co_filename):
             return original(self, sig, target_context)
         rtsys.initialize(target_context)  # what refresh does that the loaded code needs
         with self._guard_against_spurious_io_errors():
