@@ -72,14 +72,17 @@ def kernel_sources_digest(kernels: dict) -> str:
 # and `backward` compile when first called (each plan function is a compile of its own,
 # with every kernel it calls linked in and generated again).
 CHILD_FUNCTIONS = ("train_step", "evaluate", "predict")
+# ... and these, when the plan has them: train_step cut at batch norm's Sync points, and the
+# batch-1 predict shared among threads.
+PART_FUNCTIONS = ("train_parts", "predict_parts")
 
 
 def is_cached(module: ModuleType) -> bool:
     """Whether numba's cache holds code of every plan function the training child compiles
-    (CHILD_FUNCTIONS and the parts), compiled by some process (numba's own check, the index
-    of each function for its source file's stamp)."""
+    (CHILD_FUNCTIONS and the PART_FUNCTIONS it has), compiled by some process (numba's own
+    check, the index of each function for its source file's stamp)."""
     try:
-        functions = (*CHILD_FUNCTIONS, *(["train_parts"] if hasattr(module, "train_parts") else []))
+        functions = (*CHILD_FUNCTIONS, *(name for name in PART_FUNCTIONS if hasattr(module, name)))
         return all(getattr(module, name)._cache._cache_file._load_index() for name in functions)
     except Exception:  # another numba: no way to tell, compile here
         return False

@@ -18,9 +18,19 @@ import numpy as np
 
 from cnntool.compile.cache import kernel_sources_digest, load_module
 from cnntool.compile.memory import POOLS, Layout, align
-from cnntool.kernels.activation import softmax_forward
+from cnntool.kernels.activation import relu_forward, softmax_forward
+from cnntool.kernels.conv import (
+    conv2d_forward_wide,
+    conv2d_forward_wide_part,
+    conv2d_relu_pool_wide,
+    conv2d_relu_pool_wide_part,
+    fold_batchnorm,
+)
+from cnntool.kernels.dense import dense_forward, dense_forward_part
 from cnntool.kernels.loss import argmax_rows, softmax_cross_entropy
 from cnntool.kernels.merge import add_forward, add_into
+from cnntool.kernels.parts import barrier, flat_share
+from cnntool.kernels.winograd import conv2d_forward_3x3, conv2d_forward_3x3_part
 from cnntool.layers.base import Array, Ref, Sync, kernel_parameters
 from cnntool.layers.epilogue import Epilogue
 
@@ -35,6 +45,22 @@ SYNC_MARK = "# sync "
 
 
 INFERENCE_TASKS = ("predict", "evaluate")  # their buffers all share memory (Generator.share)
+
+# How each kernel of an inference pass runs in predict_parts, one image shared among threads
+# (cnntool.kernels.parts): its `_part` version (the same arguments, then part and parts);
+# elementwise on the part's share of every array; in every part (it writes the part's own
+# scratch only). Any other kernel runs in part 0 while the others wait.
+PART_KERNELS = {
+    conv2d_forward_wide: conv2d_forward_wide_part,
+    conv2d_forward_3x3: conv2d_forward_3x3_part,
+    conv2d_relu_pool_wide: conv2d_relu_pool_wide_part,
+    dense_forward: dense_forward_part,
+}
+ELEMENTWISE = (add_forward, add_into, relu_forward)
+EVERY_PART = (fold_batchnorm,)
+# A plan has predict_parts when the layers whose kernels it shares do at least this many
+# FLOPs per image: starting the threads and the barriers cost 20-50 µs a call.
+PARTS_MIN_FLOPS = 4_000_000
 
 
 class Generator:
@@ -54,6 +80,7 @@ class Generator:
         self.peaks: list[int] = []  # elements per example of each inference pass (see share)
         self.combines: dict[str, Any] = {}  # scratch array of each Sync -> its combine
         self.parts: list[int] = []  # the numbers of train_step's parts (see cut)
+        self.shared_flops = 0  # FLOPs per image of the layers predict_parts shares (see source)
         self.syncs: list[tuple[str, Any]] = []  # (array, combine) after each part but the last
         # Every identifier in the generated code is a prefix and a number: names come from
         # users (layer names) and plugins (buffer names), and a mapping of them to
@@ -122,8 +149,15 @@ class Generator:
         epilogue = self.net.layers[index + 1].epilogue
         return {"epilogue": epilogue} if isinstance(epilogue, Epilogue) else {}
 
-    def emit_calls(self, index: int, calls: list, x: list[str], grad_out: str, indent: str) -> list[str]:
-        lines = []
+    def emit_calls(
+        self, index: int, calls: list, x: list[str], grad_out: str, indent: str, in_parts: bool = False
+    ) -> list[str]:
+        """The lines calling a layer's kernels; `in_parts`: as predict_parts runs them, with a
+        barrier between two calls unless the second reads nothing another part of the first
+        wrote (after a kernel of EVERY_PART, which writes its part's scratch only, and
+        between elementwise kernels, whose shares are the same elements)."""
+        lines: list[str] = []
+        previous = None
         for call in calls:
             if isinstance(call, Sync):  # a marker line, where train_step is cut (see parts)
                 array = self.ref(index, call.array, x, grad_out)
@@ -132,12 +166,37 @@ class Generator:
                 continue
             declared, declared_args = call
             function, args = bind_functions(declared, declared_args)
-            text = ", ".join(
+            texts = [
                 self.ref(index, arg, x, grad_out) if isinstance(arg, Ref) else self.number_arg(arg)
                 for arg in args
-            )
-            lines.append(f"{indent}{self.kernel(function)}({text})")
+            ]
+            if not in_parts:
+                lines.append(indent + self.call(function, texts))
+                continue
+            if previous is not None and not (
+                previous in EVERY_PART or (previous in ELEMENTWISE and function in ELEMENTWISE)
+            ):
+                lines += self.barrier_lines(indent)
+            lines.append(indent + self.part_call(function, texts))
+            previous = function
         return lines
+
+    def barrier_lines(self, indent: str) -> list[str]:
+        """predict_parts waiting until every part has come here."""
+        return [f"{indent}if not {self.kernel(barrier)}(flags, parts):", f"{indent * 2}return False"]
+
+    def call(self, function: Any, texts: list[str]) -> str:
+        return f"{self.kernel(function)}({', '.join(texts)})"
+
+    def part_call(self, function: Any, texts: list[str]) -> str:
+        """A kernel call as predict_parts makes it (see PART_KERNELS)."""
+        if function in PART_KERNELS:
+            return self.call(PART_KERNELS[function], [*texts, "part", "parts"])
+        if function in ELEMENTWISE:
+            return self.call(function, [f"{self.kernel(flat_share)}({text}, part, parts)" for text in texts])
+        if function in EVERY_PART:
+            return self.call(function, texts)
+        return f"if part == 0: {self.call(function, texts)}"
 
     def dim(self, value: int) -> str:
         """An integer of the network (a size, an offset, a flag) as generated code."""
@@ -162,13 +221,21 @@ class Generator:
         return [k for k in range(index + 1, stop) if index in self.net.layers[k].sources]
 
     def forward_lines(
-        self, stop: int, training: bool, indent: str, compute: bool = True, inference_only: bool = False
+        self,
+        stop: int,
+        training: bool,
+        indent: str,
+        compute: bool = True,
+        inference_only: bool = False,
+        in_parts: bool = False,
     ) -> tuple[list[str], list[list[str]], list[str]]:
         """Lines running layers[:stop] forward (only naming the views when not `compute`);
         also returns the variables each layer reads and the one it writes. With
         `inference_only` (no backward pass follows) conv2d -> relu -> 2x2 max-pool runs as
         one kernel that keeps nothing for a backward pass, and a layer folds the one after
-        it into its weights where it can (Layer.folds: conv2d -> batchnorm2d)."""
+        it into its weights where it can (Layer.folds: conv2d -> batchnorm2d). With
+        `in_parts`, as predict_parts: the kernels shared among the parts (part_call), and a
+        barrier after each layer, since the next one reads what every part wrote."""
         lines: list[str] = []
         inputs: list[list[str]] = []
         outputs: list[str] = []
@@ -199,7 +266,12 @@ class Generator:
                 calls = layer.forward_calls(training, relu_into=NEXT_OUT, **self.epilogue_after(index))
             else:
                 calls = layer.forward_calls(training)
-            if compute:
+            if compute and in_parts:
+                lines += self.emit_calls(index, calls, reads, "", indent, in_parts=True)
+                lines += self.barrier_lines(indent)
+                if any(getattr(call, "kernel", None) in PART_KERNELS for call in calls):
+                    self.shared_flops += int(layer.flops(layer.input_shape))
+            elif compute:
                 lines += self.emit_calls(index, calls, reads, "", indent)
         return lines, inputs, outputs
 
@@ -420,6 +492,18 @@ class Generator:
                 lines,
             )
         )
+        probe = Generator(net)  # which layers predict_parts would share, leaving self as it is
+        probe.forward_lines(head, False, ind, inference_only=True, in_parts=True)
+        if probe.shared_flops >= PARTS_MIN_FLOPS:
+            lines, _, outs = self.forward_lines(head, False, ind, inference_only=True, in_parts=True)
+            softmax = f"{ind}if part == 0: {self.kernel(softmax_forward)}({outs[-1]}, probs)"
+            functions.append((
+                "predict_parts", "part, parts, flags, x, probs",
+                ["Part `part` of `parts` of predict for one image (cnntool.kernels.parts); the",
+                 "parts run at once, on one thread each, with flags zero. False if a part",
+                 "gave up waiting for the others."],
+                [*self.share([*lines, softmax]), f"{ind}return True"],
+            ))  # fmt: skip
         train_lines, _, outs_train = self.forward_lines(len(net.layers), True, ind * 2)
         infer_lines, _, outs_infer = self.forward_lines(len(net.layers), False, ind)
         # (Not shared: backward may follow a forward in inference mode, and reads its buffers.)

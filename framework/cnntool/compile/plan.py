@@ -2,8 +2,8 @@
 
 When every layer of a network declares its kernel calls (`forward_calls`, `backward_calls`
 in cnntool.layers.base), the network is turned into a small Python module, generated as
-text, holding five @njit functions, six with batch norm (each also takes the flat arrays
-described below):
+text, holding five @njit functions, more with batch norm or for a large network (each also
+takes the flat arrays described below):
 
     predict(x, probs)                      softmax probabilities into probs
     forward(x, training)                   the last layer's output
@@ -14,6 +14,8 @@ described below):
     train_parts(part, x, labels, grad_scale)  with batch norm: train_step cut at the
                                            points where the pieces of a batch combine
                                            their statistics, one part per call
+    predict_parts(part, parts, flags, x, probs)  a large network: predict for one image
+                                           shared among threads (cnntool.kernels.parts)
 
 Every array they use is a view into a few flat arrays: the network's parameters, gradients
 and state, a per-example workspace (`ws` float32, `iws` int32, sized for the batch at hand)
@@ -118,14 +120,18 @@ class Plan:
         pool = space.siws if slot.pool == "siws" else space.sws
         return pool[slot.offset : slot.offset + math.prod(slot.shape)].reshape(slot.shape)
 
-    def arrays(self, function: str, space: Workspace, offset: int = 0) -> tuple:
+    def arrays(
+        self, function: str, space: Workspace, offset: int = 0, shared: Workspace | None = None
+    ) -> tuple:
         """The trailing arguments of a plan function, for one worker's workspace; `offset` is
         the index of x's first example in the whole batch (for random layers, see
-        cnntool.layers.base.OFFSET)."""
+        cnntool.layers.base.OFFSET). With `shared`, the per-example buffers are that
+        workspace's (the parts of predict_parts share the activations, not the scratch)."""
         net = self.net
+        examples = shared if shared is not None else space
         pools = {
-            "params": net.flat_params, "grads": space.grads, "state": net.flat_state, "ws": space.ws,
-            "iws": space.iws, "sws": space.sws, "siws": space.siws, "random": net.random, "offset": offset,
+            "params": net.flat_params, "grads": space.grads, "state": net.flat_state, "ws": examples.ws,
+            "iws": examples.iws, "sws": space.sws, "siws": space.siws, "random": net.random, "offset": offset,
             "dims": self.dims, "reals": self.reals, "class_weights": net.class_weights,
             "unit_weights": net.unit_weights,
         }  # fmt: skip
@@ -141,6 +147,14 @@ class Plan:
             part_loss, part_correct = self.module.train_parts(part, x, labels, grad_scale, *arrays)
             loss, correct = loss + part_loss, correct + part_correct
         return loss, correct
+
+    def predict_in_one_part(self, x: np.ndarray) -> np.ndarray:
+        """predict_parts as a single part on this thread (what compiles it, whatever the
+        thread count); x holds one image."""
+        probs = np.empty((x.shape[0], self.net.output_shape[0]), np.float32)
+        arrays = self.arrays("predict_parts", self.workspace(x.shape[0], 0, "predict"))
+        self.module.predict_parts(0, 1, np.zeros(2, np.int64), x, probs, *arrays)
+        return probs
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         return self.module.forward(x, training, *self.arrays("forward", self.workspace(x.shape[0])))

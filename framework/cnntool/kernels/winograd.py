@@ -42,7 +42,8 @@ import numpy as np
 from numba import njit
 
 from cnntool.kernels.blas import NO, gemm
-from cnntool.kernels.conv import conv2d_forward_wide
+from cnntool.kernels.conv import conv2d_forward_wide, conv2d_forward_wide_part
+from cnntool.kernels.parts import share
 
 SKEW = 16
 
@@ -78,14 +79,15 @@ def times_g(g0, g1, g2):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def transform_input(padded, tiles_h, tiles_w, v):
-    """v[k, c*T + ty*TW + tx] = (B^T d B)[k] for the 4x4 tile d of padded[c] at (2*ty, 2*tx),
-    T = TH*TW."""
+def transform_input(padded, first, tiles_h, tiles_w, v):
+    """v[k, c*T + ty*TW + tx] = (B^T d B)[k] for the 4x4 tile d of padded[c] at
+    (2*(first + ty), 2*tx), T = TH*TW: TH rows of tiles from tile row `first` on."""
     tiles = tiles_h * tiles_w
     for c in range(padded.shape[0]):
         plane = padded[c]
         for ty in range(tiles_h):
-            r0, r1, r2, r3 = plane[2 * ty], plane[2 * ty + 1], plane[2 * ty + 2], plane[2 * ty + 3]
+            y = 2 * (first + ty)
+            r0, r1, r2, r3 = plane[y], plane[y + 1], plane[y + 2], plane[y + 3]
             base = c * tiles + ty * tiles_w
             for tx in range(tiles_w):
                 x = 2 * tx
@@ -119,9 +121,10 @@ def put_tile_row(v, k, t, d0, d1, d2, d3):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def transform_output(m, tiles_h, tiles_w, bias, use_bias, relu, out):
+def transform_output(m, first, tiles_h, tiles_w, bias, use_bias, relu, out):
     """out[o] = Y[o] + bias[o] (max(., 0) with `relu`), where the 2x2 block of Y at tile t is
-    A^T m[:, o*T + t] A; the parts of the last blocks beyond an odd-sized `out` are dropped."""
+    A^T m[:, o*T + t] A, for TH rows of tiles from tile row `first` on; the parts of the last
+    blocks beyond an odd-sized `out` are dropped."""
     out_channels, height, width = out.shape
     tiles = tiles_h * tiles_w
     floor = np.float32(0.0) if relu else np.float32(-np.inf)
@@ -129,7 +132,7 @@ def transform_output(m, tiles_h, tiles_w, bias, use_bias, relu, out):
         b = bias[o] if use_bias else np.float32(0.0)
         target = out[o]
         for ty in range(tiles_h):
-            y = 2 * ty
+            y = 2 * (first + ty)
             for tx in range(tiles_w):
                 t = o * tiles + ty * tiles_w + tx
                 # A^T m, one column at a time
@@ -169,21 +172,28 @@ def conv2d_forward_winograd(x, weight, bias, use_bias, relu, pad_top, pad_left, 
 
     Scratch: u plane_shape(O, C); padded (C, 2*TH + 2, 2*TW + 2), the image with its padding
     and zeros up to a whole number of tiles; v plane_shape(C, TH*TW); m plane_shape(O, TH*TW)."""
-    n_images, channels, height, width = x.shape
-    out_channels, oh, ow = out.shape[1], out.shape[2], out.shape[3]
-    tiles_h, tiles_w = (oh + 1) // 2, (ow + 1) // 2
+    tiles_h = (out.shape[2] + 1) // 2
     transform_weights(weight, u)
     padded[:] = 0.0
-    for n in range(n_images):
-        for c in range(channels):
-            for h in range(height):
-                source = x[n, c, h]
-                target = padded[c, pad_top + h, pad_left : pad_left + width]
-                for w in range(width):
-                    target[w] = source[w]
-        transform_input(padded, tiles_h, tiles_w, v)
-        tile_products(u, v, m, out_channels, channels, tiles_h * tiles_w)
-        transform_output(m, tiles_h, tiles_w, bias, use_bias, relu, out[n])
+    for n in range(x.shape[0]):
+        winograd_image(x[n], u, bias, use_bias, relu, pad_top, pad_left, padded, v, m, 0, tiles_h, out[n])
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def winograd_image(image, u, bias, use_bias, relu, pad_top, pad_left, padded, v, m, first, last, out):
+    """Tile rows [first, last) of one image's convolution, the weights transformed into u and
+    the padding of `padded` zero: the image copied into padded, then the three steps."""
+    channels, height, width = image.shape
+    tiles_w = (out.shape[2] + 1) // 2
+    for c in range(channels):
+        for h in range(height):
+            source = image[c, h]
+            target = padded[c, pad_top + h, pad_left : pad_left + width]
+            for w in range(width):
+                target[w] = source[w]
+    transform_input(padded, first, last - first, tiles_w, v)
+    tile_products(u, v, m, out.shape[0], channels, (last - first) * tiles_w)
+    transform_output(m, first, last - first, tiles_w, bias, use_bias, relu, out)
 
 
 @njit(cache=True, fastmath=True, nogil=True)
@@ -201,3 +211,23 @@ def conv2d_forward_3x3(
         conv2d_forward_wide(
             x, weight, bias, use_bias, False, relu, sh, sw, pad_top, pad_left, padded, columns, full, out
         )
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def conv2d_forward_3x3_part(
+    x, weight, bias, use_bias, relu, sh, sw, pad_top, pad_left, min_images, padded, columns, full, u,
+    tiles_padded, v, m, out, part, parts,
+):  # fmt: skip
+    """Part `part` of `parts` of conv2d_forward_3x3 for one image: its share of the tile rows
+    by Winograd (each part transforms the weights for itself), or of the output rows by the
+    wide product when one image is too small for Winograd."""
+    if min_images > 1:
+        conv2d_forward_wide_part(
+            x, weight, bias, use_bias, False, relu, sh, sw, pad_top, pad_left, padded, columns, full, out,
+            part, parts,
+        )  # fmt: skip
+        return
+    first, last = share((out.shape[2] + 1) // 2, part, parts)
+    transform_weights(weight, u)
+    tiles_padded[:] = 0.0
+    winograd_image(x[0], u, bias, use_bias, relu, pad_top, pad_left, tiles_padded, v, m, first, last, out[0])

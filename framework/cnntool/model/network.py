@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from cnntool.layers.base import Layer, Shape
 from cnntool.model.blame import check_result, compiled_failed, layer_failed
 from cnntool.model.execution import describe_execution
 from cnntool.model.spec import layer_rows, plan_layers, validate_spec
-from cnntool.system.threads import ensure_threads, run_parallel, use_blas_threads
+from cnntool.system.threads import POOL_PREFIX, ensure_threads, run_parallel, use_blas_threads
 
 # Below this many examples per thread, splitting a batch across threads costs more than it saves.
 MIN_EXAMPLES_PER_THREAD = 8
@@ -295,6 +296,14 @@ class Network:
         plan = self.plan
         if plan is None:
             return self._layer_by_layer_runner(task, n)
+        if (
+            task == "predict"
+            and n == 1
+            and ensure_threads() > 1
+            and hasattr(plan.module, "predict_parts")
+            and not threading.current_thread().name.startswith(POOL_PREFIX)
+        ):
+            return self._parts_runner(plan)
         compiled = getattr(plan.module, task)
         scale = (1.0 / n,) if task == "train_step" else ()
         bounds = self.pieces(n, task)
@@ -340,6 +349,38 @@ class Network:
             return sum(r[0] for r in results), sum(r[1] for r in results)
 
         return split
+
+    def _parts_runner(self, plan: Plan) -> Any:
+        """predict for one image on every thread at once: the plan's predict_parts, one part
+        per thread, each with its own scratch and the activations shared (worker 0's), see
+        cnntool.kernels.parts. (Not from one of the pool's own threads, which would wait for
+        itself.)"""
+        parts = ensure_threads()
+        compiled = plan.module.predict_parts
+        shared = plan.workspace(1, 0, "predict")
+        spaces = [
+            plan.arrays("predict_parts", plan.workspace(1, k, "predict"), shared=shared) for k in range(parts)
+        ]
+        flags = np.zeros(2, np.int64)  # the barrier's: arrived, generation
+
+        def together(x: np.ndarray, probs: np.ndarray) -> None:
+            use_blas_threads(1)
+            flags[0] = 0  # no part is running: a part that gave up last time left its count
+            jobs = [
+                functools.partial(compiled, part, parts, flags, x, probs, *arrays)
+                for part, arrays in enumerate(spaces)
+            ]
+            try:
+                finished = run_parallel(jobs)
+            except Exception as exc:
+                raise compiled_failed(self, "predict", exc) from exc
+            if not all(finished):
+                raise CnntoolError(
+                    f"the {parts} threads computing one image did not all arrive in time "
+                    "(a thread failed, or the machine is overloaded); set_threads(1) computes it on one"
+                )
+
+        return together
 
     def _synced_runner(self, plan: Any, pieces: list[tuple[int, int]], scale: tuple) -> Any:
         """train_step for a network whose layers meet at Sync points (batch norm), its

@@ -3,9 +3,11 @@
 `--threads N` on the command line or CNNTOOL_THREADS=N in the environment; default: the
 number of CPUs this process may use. cnntool parallelises itself, over the examples of a
 batch: a batch is cut into one piece per thread and each thread runs the compiled network
-on its piece (numba kernels release the GIL). A batch too small to cut (a single example)
-instead lets the BLAS library inside the kernels use the threads for its matrix products,
-when they are large enough to gain from it (model/network.py: BLAS_THREADS_FLOPS).
+on its piece (numba kernels release the GIL). A single image of a large network is shared
+among the threads layer by layer instead (predict_parts, cnntool.kernels.parts); otherwise a
+batch too small to cut lets the BLAS library inside the kernels use the threads for its
+matrix products, when they are large enough to gain from it (model/network.py:
+BLAS_THREADS_FLOPS).
 So the two never run at once: BLAS gets one thread while the batch pieces run, all of them
 otherwise (`use_blas_threads`), and any other BLAS library in the process (scipy's, say) stays
 at one. numba's own pool is set to the same count for any kernel that uses prange.
@@ -24,6 +26,7 @@ from cnntool.errors import CnntoolError
 from cnntool.system.cpu import kernel_blas
 
 THREADS_ENV = "CNNTOOL_THREADS"
+POOL_PREFIX = "cnntool"  # the names of the pool's threads begin with it
 _configured: int | None = None
 _pool: ThreadPoolExecutor | None = None
 _blas_threads: int | None = None
@@ -86,7 +89,7 @@ def run_parallel(jobs: Sequence[Callable[[], Any]]) -> list[Any]:
     if len(jobs) == 1:
         return [jobs[0]()]
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=max(ensure_threads() - 1, 1), thread_name_prefix="cnntool")
+        _pool = ThreadPoolExecutor(max_workers=max(ensure_threads() - 1, 1), thread_name_prefix=POOL_PREFIX)
     futures = [_pool.submit(job) for job in jobs[1:]]
     first = jobs[0]()
     return [first, *(future.result() for future in futures)]
