@@ -92,7 +92,8 @@ class Conv2D(Layer):
     by its kernels as they write the output, and masks the gradient in backward (`fuses`);
     for inference, a ReLU and a 2x2 stride-2 max-pool after it are one pass over the product
     (conv2d_relu_pool_wide, `fuses_pool`), and a batch norm before a ReLU is folded into the
-    weights (fold_batchnorm).
+    weights (fold_batchnorm). One image of a large network is shared among the threads by
+    output rows (Winograd: tile rows), the `_part` kernels (cnntool.kernels.parts).
     """
 
     Config = Conv2DConfig

@@ -41,7 +41,8 @@ class Dense(Layer):
     Backward, with g = dL/dy (N, units): dL/dW = g.T @ x, dL/db = sum of g over the batch,
     dL/dx = g @ W. Kernels (cnntool.kernels.dense): one sgemm over the whole batch for the
     forward (dense_forward), one for dL/dW and one for dL/dx (dense_backward, which skips
-    dL/dx when nothing needs it).
+    dL/dx when nothing needs it). One image of a large network shared among the threads:
+    each computes its share of the units (dense_forward_part, cnntool.kernels.parts).
     """
 
     Config = DenseConfig
