@@ -20,23 +20,28 @@ all of them wrote. Every thread has its own scratch; the activations are shared.
 
 The barrier spins on an atomic counter: waking a sleeping thread costs tens of microseconds,
 about as long as a small layer. A thread that waits long yields its core (sched_yield), so an
-oversubscribed machine still makes progress, and after MAX_YIELDS yields the barrier gives up
-and returns False: a part that never arrives (it failed) does not hang the others.
+oversubscribed machine still makes progress, and after MAX_WAIT seconds the barrier gives up
+and returns False: a part that never arrives (it failed) does not hang the others. (POSIX
+only, as the rest of cnntool: sched_yield and clock_gettime come from the C library.)
 """
 
 import platform
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# Spins (a pause instruction each) before a waiting thread starts yielding its core, and
-# yields before it gives up.
+# Spins (a pause instruction each) before a waiting thread starts yielding its core; seconds
+# before it gives up (the clock is read every CLOCK_EVERY yields).
 SPINS = 4000
-MAX_YIELDS = 2_000_000
+MAX_WAIT = 5.0
+CLOCK_EVERY = 256
 
 _sched_yield = types.ExternalFunction("sched_yield", types.int32())
+_clock_gettime = types.ExternalFunction("clock_gettime", types.int32(types.int32, types.voidptr))
+CLOCK_MONOTONIC = np.int32(6 if platform.system() == "Darwin" else 1)
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
@@ -102,15 +107,27 @@ def barrier(flags, parties):
         atomic_store(flags, 0, 0)
         atomic_add(flags, 1, 1)
         return True
+    for _ in range(SPINS):
+        if atomic_load(flags, 1) != generation:
+            return True
+        cpu_relax()
+    return wait_yielding(flags, generation)
+
+
+@njit(cache=True, nogil=True)
+def wait_yielding(flags, generation):
+    """The rest of a long wait at the barrier: yielding the core, for up to MAX_WAIT s."""
+    clock = np.zeros(2, np.int64)  # a timespec: seconds, nanoseconds
+    _clock_gettime(CLOCK_MONOTONIC, clock.ctypes)
+    deadline = clock[0] + 1e-9 * clock[1] + MAX_WAIT
     waited = 0
     while atomic_load(flags, 1) == generation:
+        _sched_yield()
         waited += 1
-        if waited < SPINS:
-            cpu_relax()
-        elif waited < SPINS + MAX_YIELDS:
-            _sched_yield()
-        else:
-            return False
+        if waited % CLOCK_EVERY == 0:
+            _clock_gettime(CLOCK_MONOTONIC, clock.ctypes)
+            if clock[0] + 1e-9 * clock[1] > deadline:
+                return False
     return True
 
 

@@ -296,14 +296,6 @@ class Network:
         plan = self.plan
         if plan is None:
             return self._layer_by_layer_runner(task, n)
-        if (
-            task == "predict"
-            and n == 1
-            and ensure_threads() > 1
-            and hasattr(plan.module, "predict_parts")
-            and not threading.current_thread().name.startswith(POOL_PREFIX)
-        ):
-            return self._parts_runner(plan)
         compiled = getattr(plan.module, task)
         scale = (1.0 / n,) if task == "train_step" else ()
         bounds = self.pieces(n, task)
@@ -320,6 +312,13 @@ class Network:
                 except Exception as exc:
                     raise compiled_failed(self, task, exc) from exc
 
+            if (
+                task == "predict"
+                and n == 1
+                and ensure_threads() > 1
+                and hasattr(plan.module, "predict_parts")
+            ):
+                return self._parts_runner(plan, whole)
             return whole
         pieces = list(itertools.pairwise(bounds))
         if task == "train_step" and plan.parts:
@@ -350,11 +349,11 @@ class Network:
 
         return split
 
-    def _parts_runner(self, plan: Plan) -> Any:
+    def _parts_runner(self, plan: Plan, alone: Any) -> Any:
         """predict for one image on every thread at once: the plan's predict_parts, one part
         per thread, each with its own scratch and the activations shared (worker 0's), see
-        cnntool.kernels.parts. (Not from one of the pool's own threads, which would wait for
-        itself.)"""
+        cnntool.kernels.parts. Called from one of the pool's own threads, which the other
+        parts would wait for, it runs `alone` (predict on this thread) instead."""
         parts = ensure_threads()
         compiled = plan.module.predict_parts
         shared = plan.workspace(1, 0, "predict")
@@ -364,6 +363,8 @@ class Network:
         flags = np.zeros(2, np.int64)  # the barrier's: arrived, generation
 
         def together(x: np.ndarray, probs: np.ndarray) -> None:
+            if threading.current_thread().name.startswith(POOL_PREFIX):
+                return alone(x, probs)
             use_blas_threads(1)
             flags[0] = 0  # no part is running: a part that gave up last time left its count
             jobs = [

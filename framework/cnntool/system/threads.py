@@ -26,7 +26,7 @@ from cnntool.errors import CnntoolError
 from cnntool.system.cpu import kernel_blas
 
 THREADS_ENV = "CNNTOOL_THREADS"
-POOL_PREFIX = "cnntool"  # the names of the pool's threads begin with it
+POOL_PREFIX = "cnntool-pool"  # the names of the pool's threads begin with it
 _configured: int | None = None
 _pool: ThreadPoolExecutor | None = None
 _blas_threads: int | None = None
