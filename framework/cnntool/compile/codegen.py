@@ -2,7 +2,9 @@
 calls each layer declares. Identifiers are unique by construction (`Generator.number`,
 `Generator.array`); shapes are arguments, not literals; fusions are the ones layers declare
 (`Layer.fuses`, epilogues); inference buffers are shared once their last reader has run
-(`Generator.share`); batch norm's Sync points cut `train_step` into parts (`Generator.cut`).
+(`Generator.share`); batch norm's Sync points cut `train_step` into parts (`Generator.cut`);
+a large network's predict of one image is shared among threads (`predict_parts`, see
+PART_KERNELS and cnntool.kernels.parts).
 """
 
 from __future__ import annotations
