@@ -30,6 +30,7 @@ from cnntool.compile.plan import FUSE_ENV, Plan, fusable
 from cnntool.errors import CnntoolError, InputError
 from cnntool.kernels.activation import softmax_forward
 from cnntool.kernels.loss import argmax_rows, softmax_cross_entropy
+from cnntool.kernels.parts import MAX_WAIT
 from cnntool.layers.base import Layer, Shape
 from cnntool.model.blame import check_result, compiled_failed, layer_failed
 from cnntool.model.execution import describe_execution
@@ -377,8 +378,9 @@ class Network:
                 raise compiled_failed(self, "predict", exc) from exc
             if not all(finished):
                 raise CnntoolError(
-                    f"the {parts} threads computing one image did not all arrive in time "
-                    "(a thread failed, or the machine is overloaded); set_threads(1) computes it on one"
+                    f"the {parts} threads sharing one image did not all finish within "
+                    f"{MAX_WAIT:g} s (a thread failed, or the machine is overloaded); with one thread "
+                    "(--threads 1, CNNTOOL_THREADS=1 or cnntool.set_threads(1)) the image is computed alone"
                 )
 
         return together
