@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import cnntool
 import reference
 from cnntool.testing import make_layer
 
@@ -43,9 +44,12 @@ def test_large_3x3_convolutions_use_winograd():
     strided = make_layer({"type": "conv2d", "filters": 64, "kernel_size": 3, "stride": 2}, (32, 26, 26))
     five = make_layer({"type": "conv2d", "filters": 64, "kernel_size": 5}, (32, 26, 26))
     assert large.winograd and not (small.winograd or strided.winograd or five.winograd)
-    # A single image of 7x7 outputs (16 tiles) takes the wide product; a batch Winograd.
-    tiny = make_layer({"type": "conv2d", "filters": 96, "kernel_size": 3, "padding": 1}, (96, 7, 7))
-    assert tiny.winograd and (tiny.winograd_min_images, large.winograd_min_images) == (2, 1)
+    # A single image of 5x5 outputs (9 tiles) takes the wide product, a batch Winograd; 7x7
+    # (16 tiles) goes by Winograd from one image on.
+    tiny = make_layer({"type": "conv2d", "filters": 96, "kernel_size": 3, "padding": 1}, (96, 5, 5))
+    seven = make_layer({"type": "conv2d", "filters": 96, "kernel_size": 3, "padding": 1}, (96, 7, 7))
+    assert tiny.winograd and (tiny.winograd_min_images, seven.winograd_min_images) == (2, 1)
+    assert large.winograd_min_images == 1
 
 
 @pytest.mark.parametrize("padding", [0, 1])
@@ -61,6 +65,67 @@ def test_winograd_batch_agrees_with_the_single_image_product(rng, padding):
     np.testing.assert_allclose(batch, singles, rtol=1e-5, atol=2e-5)
     expected = reference.conv2d(x, layer.params["weight"], layer.params["bias"], (1, 1), conv_pads(layer))
     np.testing.assert_allclose(batch, expected, **F32)
+
+
+def test_winograd_transforms_weights_again_exactly_when_they_change(rng):
+    """transform_weights keeps the weights it transformed (`seen`) and skips the transform
+    while they are the same bits: a changed weight, even -0.0 for 0.0, is transformed."""
+    from cnntool.kernels.winograd import plane_shape, transform_weights
+
+    def fresh(weight):
+        u = np.zeros(plane_shape(5, 3), np.float32)
+        transform_weights(weight, np.zeros_like(weight), u, 0, 5)
+        return u
+
+    weight = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    seen, u = np.zeros_like(weight), np.zeros(plane_shape(5, 3), np.float32)
+    transform_weights(np.zeros_like(weight), seen, u, 0, 5)
+    assert not u.any()  # zero scratch is the transform of zero weights
+    transform_weights(weight, seen, u, 0, 5)
+    np.testing.assert_array_equal(u, fresh(weight))
+    np.testing.assert_array_equal(seen, weight)
+    u[0, 0] = 99.0  # not recomputed while the weights stay
+    transform_weights(weight.copy(), seen, u, 0, 5)
+    assert u[0, 0] == 99.0
+    changed = weight.copy()
+    changed[4, 2, 2, 2] += 1.0  # the last element: the whole array was compared
+    transform_weights(changed, seen, u, 0, 5)
+    np.testing.assert_array_equal(u, fresh(changed))
+    zeros = np.zeros_like(weight)
+    transform_weights(zeros, seen, u, 0, 5)
+    transform_weights(-zeros, seen, u, 0, 5)
+    assert np.signbit(seen).all() and np.signbit(u[0, :15]).all()
+    transform_weights(weight, seen, u, 1, 3)  # filters 1 and 2 (the parts of one image)
+    expected = fresh(weight)
+    np.testing.assert_array_equal(u[:, 3:9], expected[:, 3:9])
+    assert np.signbit(u[0, :3]).all() and np.signbit(u[0, 9:15]).all()
+    np.testing.assert_array_equal(seen[1:3], weight[1:3])
+
+
+def test_a_weight_changed_in_place_changes_the_next_prediction(rng):
+    """The Winograd layers' transformed weights (kept between calls) follow a weight written
+    through layer.params, in the compiled plan and layer by layer."""
+    conv = {"type": "conv2d", "filters": 40, "kernel_size": 3, "padding": 1}
+    body = [conv, {"type": "relu"}, {"type": "maxpool2d", "pool_size": 2}, {"type": "flatten"}]
+    spec = {"input_shape": [16, 14, 14], "layers": [*body, {"type": "dense", "units": 3}]}
+    net = cnntool.Network.from_spec(spec)
+    assert net.layers[0].winograd_inference and net.plan is not None
+    x = rng.standard_normal((1, 16, 14, 14)).astype(np.float32)
+    before = net.predict_proba(x).copy()
+    net.layers[0].params["weight"][3, 5, 1, 1] += 2.0
+    after = net.predict_proba(x).copy()
+    assert np.abs(after - before).max() > 1e-3
+    copy = cnntool.Network.from_spec(spec)
+    np.copyto(copy.flat_params, net.flat_params)
+    np.testing.assert_array_equal(after, copy.predict_proba(x))
+    layers = cnntool.Network.from_spec(spec)
+    layers.use_plan = False
+    np.copyto(layers.flat_params, net.flat_params)
+    np.testing.assert_allclose(layers.predict_proba(x), after, rtol=1e-5, atol=1e-6)
+    layers.layers[0].params["weight"][0, 0, 0, 0] -= 3.0
+    np.copyto(net.flat_params, layers.flat_params)
+    np.testing.assert_allclose(net.predict_proba(x), layers.predict_proba(x), rtol=1e-5, atol=1e-6)
+    assert np.abs(layers.predict_proba(x) - after).max() > 1e-3
 
 
 def conv_pads(layer):

@@ -18,7 +18,13 @@ from cnntool.kernels.conv import (
 )
 from cnntool.kernels.dense import dense_forward, dense_forward_part
 from cnntool.kernels.parts import barrier
-from cnntool.kernels.winograd import conv2d_forward_3x3, conv2d_forward_3x3_part, plane_shape
+from cnntool.kernels.winograd import (
+    conv2d_forward_3x3,
+    conv2d_forward_3x3_part,
+    conv2d_relu_pool_3x3,
+    conv2d_relu_pool_3x3_part,
+    plane_shape,
+)
 from cnntool.system.threads import set_threads
 from test_graph import BRANCHES, RESIDUAL
 
@@ -110,25 +116,54 @@ def test_the_parts_of_a_convolution_relu_pool_are_the_whole(case, rng):
         np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-5, err_msg=f"{parts} parts")
 
 
-@pytest.mark.parametrize("size, min_images", [(10, 1), (7, 1), (7, 2)])
+@pytest.mark.parametrize("size, min_images", [(10, 1), (7, 1), (17, 1), (7, 2)])
 def test_the_parts_of_a_winograd_convolution_are_the_whole(size, min_images, rng):
-    """Winograd's tile rows (min_images 1), or the wide product's rows for an image too small
-    for Winograd (min_images 2)."""
+    """Winograd by tile rows (min_images 1, at least 4 tile rows a part: 17x17 in 2 parts)
+    or by output channels (fewer: 7x7 and 10x10 in 2 parts, 17x17 in 3, 5 parts for 4
+    filters), or the wide product's rows for an image too small for Winograd (min_images 2)."""
     oh, x, weight, bias, padded, columns, full = conv_case(3, size, 4, 3, 1, 1, rng)
-    tiles = (oh + 1) // 2
-    u = np.zeros(plane_shape(4, 3), np.float32)
-    tiles_padded = np.zeros((3, 2 * tiles + 2, 2 * tiles + 2), np.float32)
-    v = np.zeros(plane_shape(3, tiles * tiles), np.float32)
-    m = np.zeros(plane_shape(4, tiles * tiles), np.float32)
-    scratch = (padded, columns, full, u, tiles_padded, v, m)
+    scratch = winograd_scratch(3, 4, oh, padded, columns, full)
     whole = np.zeros((1, 4, oh, oh), np.float32)
     conv2d_forward_3x3(x, weight, bias, 1, 1, 1, 1, 1, 1, min_images, *scratch, whole)
-    for parts in (1, 2, 3):
+    for parts in (1, 2, 3, 5):
         out = np.full_like(whole, np.nan)
         for part in range(parts):
             conv2d_forward_3x3_part(x, weight, bias, 1, 1, 1, 1, 1, 1, min_images, *scratch, out, part, parts)
         if parts == 1:
             np.testing.assert_array_equal(out, whole)  # the same products
+        np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-5, err_msg=f"{parts} parts")
+
+
+def winograd_scratch(channels, filters, oh, padded, columns, full):
+    """The scratch of the Winograd kernels, as cnntool.layers.conv2d sizes it."""
+    tiles = (oh + 1) // 2
+    seen = np.zeros((filters, channels, 3, 3), np.float32)
+    u = np.zeros(plane_shape(filters, channels), np.float32)
+    tiles_padded = np.zeros((channels, 2 * tiles + 2, 2 * tiles + 2), np.float32)
+    v = np.zeros(plane_shape(channels, tiles * tiles), np.float32)
+    m = np.zeros(plane_shape(filters, tiles * tiles), np.float32)
+    return padded, columns, full, seen, u, tiles_padded, v, m
+
+
+@pytest.mark.parametrize("size, pad, min_images", [(12, 1, 1), (13, 0, 1), (9, 1, 1), (18, 1, 1), (7, 1, 2)])
+def test_a_winograd_convolution_relu_pool_is_the_wide_one_and_its_parts_the_whole(size, pad, min_images, rng):
+    """Winograd's pooled output transform (every pooling window one output tile; an odd
+    output drops its last row and column of tiles) against the wide kernel, and its parts
+    (pooled rows) against the whole."""
+    oh, x, weight, bias, padded, columns, full = conv_case(3, size, 4, 3, 1, pad, rng)
+    scratch = winograd_scratch(3, 4, oh, padded, columns, full)
+    wide = np.zeros((1, 4, oh // 2, oh // 2), np.float32)
+    conv2d_relu_pool_wide(x, weight, bias, 1, 1, 1, pad, pad, padded, columns, full, wide)
+    assert wide.max() > 0.1 and (wide == 0).any()  # the ReLU cut some
+    whole = np.full_like(wide, np.nan)
+    conv2d_relu_pool_3x3(x, weight, bias, 1, 1, 1, pad, pad, min_images, *scratch, whole)
+    np.testing.assert_allclose(whole, wide, rtol=1e-5, atol=1e-5)
+    for parts in (1, 2, 3, oh):
+        out = np.full_like(wide, np.nan)
+        for part in range(parts):
+            conv2d_relu_pool_3x3_part(
+                x, weight, bias, 1, 1, 1, pad, pad, min_images, *scratch, out, part, parts
+            )
         np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-5, err_msg=f"{parts} parts")
 
 
@@ -213,5 +248,70 @@ def test_a_pool_thread_predicting_one_image_does_not_wait_for_itself(monkeypatch
         named.start()
         named.join()
         np.testing.assert_array_equal(results[0], expected)  # shared among the threads, as here
+    finally:
+        set_threads(None)
+
+
+def part_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("cnntool-pool-part-")]
+
+
+def test_the_parts_sleep_between_distant_images_wake_for_the_next_and_stop_with_their_runner(
+    monkeypatch, rng
+):
+    """The parts past the first wait inside the compiled code between images, sleep after
+    IDLE seconds without one, and the next image wakes them (the same answer whether they
+    were awake or asleep). Dropping the runner (a workspace grew) stops their threads."""
+    from cnntool.kernels.parts import IDLE
+
+    monkeypatch.setattr(codegen, "PARTS_MIN_FLOPS", 0)
+    set_threads(3)
+    try:
+        before = len(part_threads())
+        net = cnntool.Network.from_spec(POOLED, seed=3)
+        x = rng.standard_normal((1, *net.input_shape)).astype(np.float32)
+        expected = net.predict_proba(x)
+        runner = net.runner("predict", 1)
+        assert len(part_threads()) == before + 2
+        for pause in (0.0, 4 * IDLE, 0.0, 4 * IDLE):
+            time.sleep(pause)
+            if pause:
+                assert all(runner.asleep[1:])  # asleep in Python, not spinning
+            np.testing.assert_array_equal(net.predict_proba(x), expected)
+        assert runner.control[0] == 5 and list(runner.control[2:]) == [0, 5, 5]  # every image taken
+        threads = runner.threads
+        del runner
+        net.predict_proba(np.zeros((2, *net.input_shape), np.float32))  # a larger batch...
+        net.predict_proba(np.zeros((64, *net.input_shape), np.float32))  # ...grows the workspace
+        np.testing.assert_array_equal(net.predict_proba(x), expected)  # a new runner
+        for thread in threads:
+            thread.join(timeout=5)
+            assert not thread.is_alive()
+    finally:
+        set_threads(None)
+
+
+def test_a_second_thread_predicting_while_the_parts_run_computes_alone(monkeypatch, rng):
+    """Two threads calling predict_proba on one image each at once: one shares its image
+    among the parts, the other computes its own alone; both get the image's answer."""
+    monkeypatch.setattr(codegen, "PARTS_MIN_FLOPS", 0)
+    set_threads(2)
+    try:
+        net = cnntool.Network.from_spec(RESIDUAL, seed=3)
+        images = rng.standard_normal((2, 1, *net.input_shape)).astype(np.float32)
+        expected = [net.predict_proba(image) for image in images]
+        failures = []
+
+        def predict(k):
+            for _ in range(200):
+                if not np.allclose(net.predict_proba(images[k]), expected[k], rtol=1e-5, atol=1e-6):
+                    failures.append(k)
+
+        threads = [threading.Thread(target=predict, args=(k,)) for k in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
     finally:
         set_threads(None)

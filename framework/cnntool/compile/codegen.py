@@ -31,8 +31,13 @@ from cnntool.kernels.conv import (
 from cnntool.kernels.dense import dense_forward, dense_forward_part
 from cnntool.kernels.loss import argmax_rows, softmax_cross_entropy
 from cnntool.kernels.merge import add_forward, add_into
-from cnntool.kernels.parts import barrier, flat_share
-from cnntool.kernels.winograd import conv2d_forward_3x3, conv2d_forward_3x3_part
+from cnntool.kernels.parts import barrier, flat_share, wait_for_image
+from cnntool.kernels.winograd import (
+    conv2d_forward_3x3,
+    conv2d_forward_3x3_part,
+    conv2d_relu_pool_3x3,
+    conv2d_relu_pool_3x3_part,
+)
 from cnntool.layers.base import Array, Ref, Sync, kernel_parameters
 from cnntool.layers.epilogue import Epilogue
 
@@ -56,6 +61,7 @@ PART_KERNELS = {
     conv2d_forward_wide: conv2d_forward_wide_part,
     conv2d_forward_3x3: conv2d_forward_3x3_part,
     conv2d_relu_pool_wide: conv2d_relu_pool_wide_part,
+    conv2d_relu_pool_3x3: conv2d_relu_pool_3x3_part,
     dense_forward: dense_forward_part,
 }
 ELEMENTWISE = (add_forward, add_into, relu_forward)
@@ -497,14 +503,22 @@ class Generator:
         probe = Generator(net)  # which layers predict_parts would share, leaving self as it is
         probe.forward_lines(head, False, ind, inference_only=True, in_parts=True)
         if probe.shared_flops >= PARTS_MIN_FLOPS:
-            lines, _, outs = self.forward_lines(head, False, ind, inference_only=True, in_parts=True)
-            softmax = f"{ind}if part == 0: {self.kernel(softmax_forward)}({outs[-1]}, probs)"
+            lines, _, outs = self.forward_lines(head, False, ind * 2, inference_only=True, in_parts=True)
+            softmax = f"{ind * 2}if part == 0: {self.kernel(softmax_forward)}({outs[-1]}, probs)"
+            wait = self.kernel(wait_for_image)
             functions.append((
-                "predict_parts", "part, parts, flags, x, probs",
+                "predict_parts", "part, parts, flags, control, x, probs",
                 ["Part `part` of `parts` of predict for one image (cnntool.kernels.parts); the",
                  "parts run at once, on one thread each, with flags zero. False if a part",
-                 "gave up waiting for the others."],
-                [*self.share([*lines, softmax]), f"{ind}return True"],
+                 "gave up waiting for the others. With a `control` array, parts past the",
+                 "first serve image after image (wait_for_image) until they idle; with an",
+                 "empty one, every part computes one image."],
+                [f"{ind}while True:",
+                 f"{ind * 2}if part > 0 and control.size > 0 and not {wait}(control, part):",
+                 f"{ind * 3}return True",
+                 *self.share([*lines, softmax]),
+                 f"{ind * 2}if part == 0 or control.size == 0:",
+                 f"{ind * 3}return True"],
             ))  # fmt: skip
         train_lines, _, outs_train = self.forward_lines(len(net.layers), True, ind * 2)
         infer_lines, _, outs_infer = self.forward_lines(len(net.layers), False, ind)

@@ -153,7 +153,7 @@ class Plan:
         thread count); x holds one image."""
         probs = np.empty((x.shape[0], self.net.output_shape[0]), np.float32)
         arrays = self.arrays("predict_parts", self.workspace(x.shape[0], 0, "predict"))
-        self.module.predict_parts(0, 1, np.zeros(2, np.int64), x, probs, *arrays)
+        self.module.predict_parts(0, 1, np.zeros(2, np.int64), np.zeros(0, np.int64), x, probs, *arrays)
         return probs
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:

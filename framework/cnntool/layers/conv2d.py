@@ -18,7 +18,7 @@ from cnntool.kernels.epilogue import (
     conv2d_forward_wide_epilogue,
     epilogue_backward,
 )
-from cnntool.kernels.winograd import conv2d_forward_3x3, plane_shape
+from cnntool.kernels.winograd import conv2d_forward_3x3, conv2d_relu_pool_3x3, plane_shape
 from cnntool.layers.base import (
     GRAD_OUT,
     INITIALIZERS,
@@ -159,12 +159,12 @@ class Conv2D(Layer):
     # the ResNet's training losses drift further from PyTorch's (tools/bench.py, 3 epochs:
     # 4.7e-4 against 1.6e-4) for a gain within the noise of a whole step.
     WINOGRAD_INFERENCE_MIN_PAIRS = 256
-    # A single image goes by Winograd only with at least this many 2x2 output tiles: at 7x7
-    # (16 tiles, the last row and column half empty) the 16 small tile products lose to the
-    # one wide product (96 -> 96 channels, one thread: 140 µs wide against 170-195 µs
-    # Winograd), while a batch still gains (the ResNet's last stage, batch 64: 8.6 ms
-    # Winograd against 14.7 ms wide).
-    WINOGRAD_MIN_TILES = 25
+    # A single image goes by Winograd only with at least this many 2x2 output tiles. With the
+    # transformed weights kept between calls (transform_weights), 7x7 (16 tiles, the last row
+    # and column half empty) gains: 96 -> 96 channels, one image, one thread, 99 µs against
+    # 133 µs for the wide product on AVX2 (67 against 110 µs on AVX-512); 5x5 (9 tiles) is
+    # even on AVX2 (36 against 37 µs, 64 channels) and 4x4 loses there (132 against 110 µs).
+    WINOGRAD_MIN_TILES = 16
 
     def fuses(self, activation: Layer) -> bool:
         """A ReLU after a convolution is applied by the wide kernels as they write the
@@ -283,6 +283,7 @@ class Conv2D(Layer):
         if self.winograd_inference:
             channels, filters = self.input_shape[0], self.config.filters
             th, tw = self.tiles
+            arrays["wino_seen"] = Array((filters, channels, 3, 3))
             arrays["wino_u"] = Array(plane_shape(filters, channels))
             arrays["wino_padded"] = Array((channels, 2 * th + 2, 2 * tw + 2))
             arrays["wino_v"] = Array(plane_shape(channels, th * tw))
@@ -329,10 +330,13 @@ class Conv2D(Layer):
     def winograd_call(self, common: dict, relu: bool, out: Ref) -> Call:
         """The Winograd forward kernel with the arguments `common` (see common())."""
         return Call(conv2d_forward_3x3, x=X, **common, relu=relu, min_images=self.winograd_min_images,
-                    padded=scratch("padded"), columns=scratch("cols"), full=scratch("full"),
-                    u=scratch("wino_u"),
-                    tiles_padded=scratch("wino_padded"), v=scratch("wino_v"), m=scratch("wino_m"),
-                    out=out)  # fmt: skip
+                    **self.winograd_scratch(), out=out)  # fmt: skip
+
+    def winograd_scratch(self) -> dict:
+        """The scratch arguments of the Winograd kernels (their wide fallback's, then Winograd's)."""
+        return {"padded": scratch("padded"), "columns": scratch("cols"), "full": scratch("full"),
+                "seen": scratch("wino_seen"), "u": scratch("wino_u"), "tiles_padded": scratch("wino_padded"),
+                "v": scratch("wino_v"), "m": scratch("wino_m")}  # fmt: skip
 
     def activation_pool_calls(self, pooled: Ref, epilogue: Epilogue | None = None) -> list[Call]:
         """Inference of this layer, a ReLU (or an increasing `epilogue`) and a 2x2 max-pool
@@ -347,6 +351,11 @@ class Conv2D(Layer):
             return [
                 Call(conv2d_epilogue_pool_wide, x=X, **self.common(), padded=scratch("padded"),
                      columns=columns, full=scratch("full"), **epilogue.arguments(), out=pooled)
+            ]  # fmt: skip
+        if self.winograd_inference:
+            return [
+                Call(conv2d_relu_pool_3x3, x=X, **self.common(), min_images=self.winograd_min_images,
+                     **self.winograd_scratch(), out=pooled)
             ]  # fmt: skip
         return [
             Call(conv2d_relu_pool_wide, x=X, **self.common(), padded=scratch("padded"), columns=columns,

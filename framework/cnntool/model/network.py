@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-import threading
 from typing import Any
 
 import numpy as np
@@ -30,12 +29,12 @@ from cnntool.compile.plan import FUSE_ENV, Plan, fusable
 from cnntool.errors import CnntoolError, InputError
 from cnntool.kernels.activation import softmax_forward
 from cnntool.kernels.loss import argmax_rows, softmax_cross_entropy
-from cnntool.kernels.parts import MAX_WAIT
 from cnntool.layers.base import Layer, Shape
 from cnntool.model.blame import check_result, compiled_failed, layer_failed
 from cnntool.model.execution import describe_execution
+from cnntool.model.parts import SharedImage
 from cnntool.model.spec import layer_rows, plan_layers, validate_spec
-from cnntool.system.threads import POOL_PREFIX, ensure_threads, run_parallel, use_blas_threads
+from cnntool.system.threads import ensure_threads, run_parallel, use_blas_threads
 
 # Below this many examples per thread, splitting a batch across threads costs more than it saves.
 MIN_EXAMPLES_PER_THREAD = 8
@@ -352,38 +351,19 @@ class Network:
 
     def _parts_runner(self, plan: Plan, alone: Any) -> Any:
         """predict for one image on every thread at once: the plan's predict_parts, one part
-        per thread, each with its own scratch and the activations shared (worker 0's), see
-        cnntool.kernels.parts. Called from one of the pool's own threads, which the other
+        per thread, each with its own scratch and the activations shared (worker 0's), the
+        parts past the first on threads that stay awake between images
+        (cnntool.model.parts). Called from one of the pool's own threads, which the other
         parts would wait for, it runs `alone` (predict on this thread) instead."""
         parts = ensure_threads()
-        compiled = plan.module.predict_parts
         shared = plan.workspace(1, 0, "predict")
         spaces = [
             plan.arrays("predict_parts", plan.workspace(1, k, "predict"), shared=shared) for k in range(parts)
         ]
-        flags = np.zeros(2, np.int64)  # the barrier's: arrived, generation
-
-        def together(x: np.ndarray, probs: np.ndarray) -> None:
-            if threading.current_thread().name.startswith(POOL_PREFIX):
-                return alone(x, probs)
-            use_blas_threads(1)
-            flags[0] = 0  # no part is running: a part that gave up last time left its count
-            jobs = [
-                functools.partial(compiled, part, parts, flags, x, probs, *arrays)
-                for part, arrays in enumerate(spaces)
-            ]
-            try:
-                finished = run_parallel(jobs)
-            except Exception as exc:
-                raise compiled_failed(self, "predict", exc) from exc
-            if not all(finished):
-                raise CnntoolError(
-                    f"the {parts} threads sharing one image did not all finish within "
-                    f"{MAX_WAIT:g} s (a thread failed, or the machine is overloaded); with one thread "
-                    "(--threads 1, CNNTOOL_THREADS=1 or cnntool.set_threads(1)) the image is computed alone"
-                )
-
-        return together
+        return SharedImage(
+            plan.module.predict_parts, parts, spaces, alone, self.input_shape, self.output_shape[0],
+            lambda exc: compiled_failed(self, "predict", exc),
+        )  # fmt: skip
 
     def _synced_runner(self, plan: Any, pieces: list[tuple[int, int]], scale: tuple) -> Any:
         """train_step for a network whose layers meet at Sync points (batch norm), its
