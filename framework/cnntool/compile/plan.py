@@ -14,7 +14,7 @@ takes the flat arrays described below):
     train_parts(part, x, labels, grad_scale)  with batch norm: train_step cut at the
                                            points where the pieces of a batch combine
                                            their statistics, one part per call
-    predict_parts(part, parts, flags, x, probs)  a large network: predict for one image
+    predict_parts(part, parts, flags, control, x, probs)  a large network: predict for one image
                                            shared among threads (cnntool.kernels.parts)
 
 Every array they use is a view into a few flat arrays: the network's parameters, gradients

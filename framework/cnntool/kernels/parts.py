@@ -3,7 +3,7 @@
 A batch of many images is cut into pieces, one per thread, each image computed by one thread
 (cnntool.model.network). A single image cannot be cut that way, and its latency is what a
 request waits for. So the plan of a large enough network (cnntool.compile.codegen:
-PARTS_MIN_FLOPS, PART_KERNELS) also has `predict_parts(part, parts, flags, x, probs, ...)`:
+PARTS_MIN_FLOPS, PART_KERNELS) also has `predict_parts(part, parts, flags, control, x, probs, ...)`:
 every thread runs the same function with its own `part`, and each layer's work is shared
 among them:
 
@@ -23,6 +23,10 @@ about as long as a small layer. A thread that waits long yields its core (sched_
 oversubscribed machine still makes progress, and after MAX_WAIT seconds the barrier gives up
 and returns False: a part that never arrives (it failed) does not hang the others. (POSIX
 only, as the rest of cnntool: sched_yield and clock_gettime come from the C library.)
+
+Between images, the parts past the first wait the same way inside predict_parts
+(`wait_for_image`, given a `control` array: cnntool.model.parts), so that a new image does
+not have to wake a sleeping thread; after IDLE seconds without one they return to sleep.
 """
 
 import platform

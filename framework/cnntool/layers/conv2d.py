@@ -91,7 +91,8 @@ class Conv2D(Layer):
     In a compiled plan (cnntool.compile.plan), a ReLU reading only a convolution is applied
     by its kernels as they write the output, and masks the gradient in backward (`fuses`);
     for inference, a ReLU and a 2x2 stride-2 max-pool after it are one pass over the product
-    (conv2d_relu_pool_wide, `fuses_pool`), and a batch norm before a ReLU is folded into the
+    (conv2d_relu_pool_wide, `fuses_pool`; by Winograd, conv2d_relu_pool_3x3, the output
+    transform pools each 2x2 tile), and a batch norm before a ReLU is folded into the
     weights (fold_batchnorm). One image of a large network is shared among the threads by
     output rows (Winograd: tile rows), the `_part` kernels (cnntool.kernels.parts).
     """
@@ -176,7 +177,8 @@ class Conv2D(Layer):
 
     def fuses_pool(self, activation: Layer, pool: Layer) -> bool:
         """For inference, a ReLU and a 2x2 max-pool of stride 2 after a convolution are one
-        pass over the product (conv2d_relu_pool_wide). So are, for any stride, a
+        pass over the product (conv2d_relu_pool_wide, or conv2d_relu_pool_3x3 for a layer
+        going by Winograd). So are, for any stride, a
         batch norm and a ReLU after it (`activation` the batch norm, `pool` the ReLU): the
         batch norm's running statistics are folded into the weights (fold_batchnorm), and
         the convolution applies the ReLU as it writes; `folded_norm` remembers the batch
