@@ -19,10 +19,10 @@ from cnntool.kernels.conv import (
 from cnntool.kernels.dense import dense_forward, dense_forward_part
 from cnntool.kernels.parts import barrier
 from cnntool.kernels.winograd import (
-    conv2d_forward_3x3,
-    conv2d_forward_3x3_part,
-    conv2d_relu_pool_3x3,
-    conv2d_relu_pool_3x3_part,
+    conv2d_forward,
+    conv2d_forward_part,
+    conv2d_relu_pool,
+    conv2d_relu_pool_part,
     plane_shape,
 )
 from cnntool.system.threads import set_threads
@@ -124,11 +124,11 @@ def test_the_parts_of_a_winograd_convolution_are_the_whole(size, min_images, rng
     oh, x, weight, bias, padded, columns, full = conv_case(3, size, 4, 3, 1, 1, rng)
     scratch = winograd_scratch(3, 4, oh, padded, columns, full)
     whole = np.zeros((1, 4, oh, oh), np.float32)
-    conv2d_forward_3x3(x, weight, bias, 1, 1, 1, 1, 1, 1, min_images, *scratch, whole)
+    conv2d_forward(x, weight, bias, 1, 0, 1, 1, 1, 1, 1, min_images, *scratch, whole)
     for parts in (1, 2, 3, 5):
         out = np.full_like(whole, np.nan)
         for part in range(parts):
-            conv2d_forward_3x3_part(x, weight, bias, 1, 1, 1, 1, 1, 1, min_images, *scratch, out, part, parts)
+            conv2d_forward_part(x, weight, bias, 1, 0, 1, 1, 1, 1, 1, min_images, *scratch, out, part, parts)
         if parts == 1:
             np.testing.assert_array_equal(out, whole)  # the same products
         np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-5, err_msg=f"{parts} parts")
@@ -156,14 +156,12 @@ def test_a_winograd_convolution_relu_pool_is_the_wide_one_and_its_parts_the_whol
     conv2d_relu_pool_wide(x, weight, bias, 1, 1, 1, pad, pad, padded, columns, full, wide)
     assert wide.max() > 0.1 and (wide == 0).any()  # the ReLU cut some
     whole = np.full_like(wide, np.nan)
-    conv2d_relu_pool_3x3(x, weight, bias, 1, 1, 1, pad, pad, min_images, *scratch, whole)
+    conv2d_relu_pool(x, weight, bias, 1, 1, 1, pad, pad, min_images, *scratch, whole)
     np.testing.assert_allclose(whole, wide, rtol=1e-5, atol=1e-5)
     for parts in (1, 2, 3, oh):
         out = np.full_like(wide, np.nan)
         for part in range(parts):
-            conv2d_relu_pool_3x3_part(
-                x, weight, bias, 1, 1, 1, pad, pad, min_images, *scratch, out, part, parts
-            )
+            conv2d_relu_pool_part(x, weight, bias, 1, 1, 1, pad, pad, min_images, *scratch, out, part, parts)
         np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-5, err_msg=f"{parts} parts")
 
 
@@ -220,11 +218,23 @@ def test_one_image_shared_among_threads_is_the_image_layer_by_layer(spec, monkey
 
 
 def test_small_networks_predict_one_image_on_one_thread(root):
-    """Below PARTS_MIN_FLOPS starting the threads costs more than they save: no predict_parts."""
+    """Below PARTS_MIN_FLOPS the barriers cost more than the threads save: the plan has
+    predict_parts (its code does not depend on the shapes) but does not use it, and never
+    compiles it."""
     import json
 
+    from cnntool.model.parts import SharedImage
+
     seed = cnntool.Network.from_spec(json.loads((root / "models/seed_cnn.json").read_text()))
-    assert not hasattr(seed.plan.module, "predict_parts")
+    assert not seed.plan.uses_parts and hasattr(seed.plan.module, "predict_parts")
+    set_threads(2)
+    try:
+        seed.predict_proba(np.zeros((1, *seed.input_shape), np.float32))
+        assert not isinstance(seed.runner("predict", 1), SharedImage)
+        assert seed.plan.module.predict_parts.signatures == []
+        assert "predict_parts" not in seed.plan.child_functions()
+    finally:
+        set_threads(None)
 
 
 def test_a_pool_thread_predicting_one_image_does_not_wait_for_itself(monkeypatch, rng):
@@ -267,12 +277,12 @@ def test_the_parts_sleep_between_distant_images_wake_for_the_next_and_stop_with_
     monkeypatch.setattr(codegen, "PARTS_MIN_FLOPS", 0)
     set_threads(3)
     try:
-        before = len(part_threads())
         net = cnntool.Network.from_spec(POOLED, seed=3)
         x = rng.standard_normal((1, *net.input_shape)).astype(np.float32)
         expected = net.predict_proba(x)
         runner = net.runner("predict", 1)
-        assert len(part_threads()) == before + 2
+        assert [t.name for t in runner.threads] == ["cnntool-pool-part-1", "cnntool-pool-part-2"]
+        assert all(t.is_alive() and t in part_threads() for t in runner.threads)
         for pause in (0.0, 4 * IDLE, 0.0, 4 * IDLE):
             time.sleep(pause)
             if pause:

@@ -153,14 +153,14 @@ def test_gemm_with_offsets_and_row_strides(rng):
 
 CACHE_PROGRAM = """
 import json, numpy as np, cnntool
-from cnntool.kernels import conv
+from cnntool.kernels import winograd
 spec = json.load(open({spec!r}))
 spec["layers"][0]["filters"] = {filters}
 net = cnntool.Network.from_spec(spec, seed=0)
 net.train_step(np.zeros((2, 1, 28, 28), np.float32), np.zeros(2, np.int64))
 net.layers[0].forward(np.zeros((2, 1, 28, 28), np.float32))  # a kernel called on its own
 step = net.plan.module.train_step
-kernel = conv.conv2d_forward_wide
+kernel = winograd.conv2d_forward
 print(json.dumps({{"hits": sum(step.stats.cache_hits.values()),
                    "misses": sum(step.stats.cache_misses.values()),
                    "kernel_hits": sum(kernel.stats.cache_hits.values()),
@@ -201,15 +201,21 @@ def test_second_process_loads_compiled_code_from_the_cache(tmp_path, root):
 
 
 def test_networks_of_one_structure_share_one_module(root):
-    """Other widths, image sizes and classes; the same kernels (a convolution chooses its
-    kernels by size, so sizes that change the choice change the module)."""
-    spec = json.loads((root / "models/seed_cnn.json").read_text())
-    sources = set()
-    for first, second, classes, height in ((8, 16, 10, 28), (10, 24, 4, 30), (6, 12, 7, 26)):
-        spec["layers"][0]["filters"], spec["layers"][3]["filters"] = first, second
+    """Other widths, image sizes and classes, including sizes that change how a convolution
+    computes (kept or rebuilt columns, Winograd or not, in training and for one image) and
+    whether one image is shared among threads: the same code, those choices being numbers."""
+    spec = json.loads((root / "models/mnist_cnn.json").read_text())
+    sources, kinds = set(), set()
+    for first, second, classes, height in ((32, 64, 10, 28), (8, 8, 4, 30), (4, 16, 7, 14), (16, 40, 3, 12)):
+        spec["layers"][0]["filters"], spec["layers"][2]["filters"] = first, second
         spec["layers"][-1]["units"], spec["classes"] = classes, [str(k) for k in range(classes)]
         spec["input_shape"] = [1, height, 28]
-        sources.add(cnntool.Network.from_spec(spec).plan.source)
+        net = cnntool.Network.from_spec(spec)
+        conv = net.layers[2]
+        kinds.add((conv.keep_columns, conv.winograd, conv.winograd_inference, conv.winograd_min_images,
+                   net.plan.uses_parts))  # fmt: skip
+        sources.add(net.plan.source)
+    assert len(kinds) == 4  # every network computes its second convolution another way
     assert len(sources) == 1
 
 

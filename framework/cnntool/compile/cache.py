@@ -71,18 +71,16 @@ def kernel_sources_digest(kernels: dict) -> str:
 # `serve` and `infer` must compute what the training process computes), no more: `forward`
 # and `backward` compile when first called (each plan function is a compile of its own,
 # with every kernel it calls linked in and generated again).
+# (Plan.child_functions adds, when the plan uses them, train_parts, train_step cut at batch
+# norm's Sync points, and predict_parts, the batch-1 predict shared among threads.)
 CHILD_FUNCTIONS = ("train_step", "evaluate", "predict")
-# ... and these, when the plan has them: train_step cut at batch norm's Sync points, and the
-# batch-1 predict shared among threads.
-PART_FUNCTIONS = ("train_parts", "predict_parts")
 
 
-def is_cached(module: ModuleType) -> bool:
-    """Whether numba's cache holds code of every plan function the training child compiles
-    (CHILD_FUNCTIONS and the PART_FUNCTIONS it has), compiled by some process (numba's own
-    check, the index of each function for its source file's stamp)."""
+def is_cached(module: ModuleType, functions: tuple[str, ...]) -> bool:
+    """Whether numba's cache holds code of each of the plan functions (what the training
+    child compiles: Plan.child_functions), compiled by some process (numba's own check, the
+    index of each function for its source file's stamp)."""
     try:
-        functions = (*CHILD_FUNCTIONS, *(name for name in PART_FUNCTIONS if hasattr(module, name)))
         return all(getattr(module, name)._cache._cache_file._load_index() for name in functions)
     except Exception:  # another numba: no way to tell, compile here
         return False

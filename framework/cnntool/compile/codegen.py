@@ -33,12 +33,12 @@ from cnntool.kernels.loss import argmax_rows, softmax_cross_entropy
 from cnntool.kernels.merge import add_forward, add_into
 from cnntool.kernels.parts import barrier, flat_share, wait_for_image
 from cnntool.kernels.winograd import (
-    conv2d_forward_3x3,
-    conv2d_forward_3x3_part,
-    conv2d_relu_pool_3x3,
-    conv2d_relu_pool_3x3_part,
+    conv2d_forward,
+    conv2d_forward_part,
+    conv2d_relu_pool,
+    conv2d_relu_pool_part,
 )
-from cnntool.layers.base import Array, Ref, Sync, kernel_parameters
+from cnntool.layers.base import Array, Either, Ref, Sync, kernel_parameters
 from cnntool.layers.epilogue import Epilogue
 
 # An activation that follows a layer able to apply it (Layer.fuses) runs inside that layer's
@@ -59,15 +59,15 @@ INFERENCE_TASKS = ("predict", "evaluate")  # their buffers all share memory (Gen
 # scratch only). Any other kernel runs in part 0 while the others wait.
 PART_KERNELS = {
     conv2d_forward_wide: conv2d_forward_wide_part,
-    conv2d_forward_3x3: conv2d_forward_3x3_part,
+    conv2d_forward: conv2d_forward_part,
     conv2d_relu_pool_wide: conv2d_relu_pool_wide_part,
-    conv2d_relu_pool_3x3: conv2d_relu_pool_3x3_part,
+    conv2d_relu_pool: conv2d_relu_pool_part,
     dense_forward: dense_forward_part,
 }
 ELEMENTWISE = (add_forward, add_into, relu_forward)
 EVERY_PART = (fold_batchnorm,)
-# A plan has predict_parts when the layers whose kernels it shares do at least this many
-# FLOPs per image: starting the threads and the barriers cost 20-50 µs a call.
+# A plan uses predict_parts (Plan.uses_parts) when the layers whose kernels it shares do
+# at least this many FLOPs per image: the barriers cost 20-50 µs a call.
 PARTS_MIN_FLOPS = 4_000_000
 
 
@@ -89,6 +89,7 @@ class Generator:
         self.combines: dict[str, Any] = {}  # scratch array of each Sync -> its combine
         self.parts: list[int] = []  # the numbers of train_step's parts (see cut)
         self.shared_flops = 0  # FLOPs per image of the layers predict_parts shares (see source)
+        self.parts_flops = 0  # the same, found by source() before it writes predict_parts
         self.syncs: list[tuple[str, Any]] = []  # (array, combine) after each part but the last
         # Every identifier in the generated code is a prefix and a number: names come from
         # users (layer names) and plugins (buffer names), and a mapping of them to
@@ -130,9 +131,12 @@ class Generator:
             self.kernels[function] = f"k{len(self.kernels)}"
         return self.kernels[function]
 
-    def ref(self, index: int, ref: Ref, x: list[str], grad_out: str) -> str:
+    def ref(self, index: int, ref: Ref | Either, x: list[str], grad_out: str) -> str:
         """The variable standing for a reference made by layer `index`, whose inputs are
         the variables `x` and whose incoming gradient is `grad_out`."""
+        if isinstance(ref, Either):  # chosen at run time, so the code is the same either way
+            yes, no = self.ref(index, ref.yes, x, grad_out), self.ref(index, ref.no, x, grad_out)
+            return f"({yes} if {self.dim(int(ref.flag))} else {no})"
         layer = self.net.layers[index]
         if ref.kind == "x":
             return x[int(ref.name) if ref.name else 0]
@@ -175,7 +179,7 @@ class Generator:
             declared, declared_args = call
             function, args = bind_functions(declared, declared_args)
             texts = [
-                self.ref(index, arg, x, grad_out) if isinstance(arg, Ref) else self.number_arg(arg)
+                self.ref(index, arg, x, grad_out) if isinstance(arg, (Ref, Either)) else self.number_arg(arg)
                 for arg in args
             ]
             if not in_parts:
@@ -502,7 +506,10 @@ class Generator:
         )
         probe = Generator(net)  # which layers predict_parts would share, leaving self as it is
         probe.forward_lines(head, False, ind, inference_only=True, in_parts=True)
-        if probe.shared_flops >= PARTS_MIN_FLOPS:
+        self.parts_flops = probe.shared_flops
+        # Written whenever a layer can be shared, and used (compiled) only from
+        # PARTS_MIN_FLOPS on (Plan.uses_parts): the code does not depend on the shapes.
+        if probe.shared_flops > 0:
             lines, _, outs = self.forward_lines(head, False, ind * 2, inference_only=True, in_parts=True)
             softmax = f"{ind * 2}if part == 0: {self.kernel(softmax_forward)}({outs[-1]}, probs)"
             wait = self.kernel(wait_for_image)

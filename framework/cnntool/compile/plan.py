@@ -14,8 +14,9 @@ takes the flat arrays described below):
     train_parts(part, x, labels, grad_scale)  with batch norm: train_step cut at the
                                            points where the pieces of a batch combine
                                            their statistics, one part per call
-    predict_parts(part, parts, flags, control, x, probs)  a large network: predict for one image
-                                           shared among threads (cnntool.kernels.parts)
+    predict_parts(part, parts, flags, control, x, probs)  predict for one image shared
+                                           among threads (cnntool.kernels.parts), used by
+                                           a large network (Plan.uses_parts)
 
 Every array they use is a view into a few flat arrays: the network's parameters, gradients
 and state, a per-example workspace (`ws` float32, `iws` int32, sized for the batch at hand)
@@ -33,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from cnntool.compile.cache import load_module
+from cnntool.compile import codegen
+from cnntool.compile.cache import CHILD_FUNCTIONS, load_module
 from cnntool.compile.codegen import INFERENCE_TASKS, Generator
 from cnntool.compile.memory import Workspace, aligned_zeros
 from cnntool.layers.base import Layer, Sync
@@ -90,6 +92,8 @@ class Plan:
         self.memory = generator.memory()
         self.parts = generator.parts
         self.syncs = generator.syncs
+        # One image shared among threads (predict_parts) pays from PARTS_MIN_FLOPS on.
+        self.uses_parts = generator.parts_flops >= codegen.PARTS_MIN_FLOPS
         self.module = load_module(self.source)
         self.workspaces: dict[int, Workspace] = {}
         # Counts workspace replacements, so callers holding on to the old arrays rebind.
@@ -147,6 +151,11 @@ class Plan:
             part_loss, part_correct = self.module.train_parts(part, x, labels, grad_scale, *arrays)
             loss, correct = loss + part_loss, correct + part_correct
         return loss, correct
+
+    def child_functions(self) -> tuple[str, ...]:
+        """The functions a training run compiles ahead (cnntool.compile.cache)."""
+        return (*CHILD_FUNCTIONS, *(["train_parts"] if self.parts else []),
+                *(["predict_parts"] if self.uses_parts else []))  # fmt: skip
 
     def predict_in_one_part(self, x: np.ndarray) -> np.ndarray:
         """predict_parts as a single part on this thread (what compiles it, whatever the

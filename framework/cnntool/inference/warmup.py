@@ -81,7 +81,7 @@ def warm_batch(net: Any, n: int, only: tuple[str, ...] | None = None) -> dict[st
     }
     if net.plan is not None and net.plan.parts:  # what a batch cut across threads runs
         tasks["train_parts"] = lambda: net.plan.train_in_parts(x, labels, 1.0)
-    if net.plan is not None and hasattr(net.plan.module, "predict_parts"):  # one image, threads
+    if net.plan is not None and net.plan.uses_parts:  # one image, threads
         tasks["predict_parts"] = lambda: net.plan.predict_in_one_part(x[:1])
     timings = {}
     for name, task in tasks.items():
@@ -96,18 +96,18 @@ def warm_batch(net: Any, n: int, only: tuple[str, ...] | None = None) -> dict[st
 CHILD_PROGRAM = """
 import json, sys
 from cnntool.model.network import Network
-from cnntool.compile.cache import CHILD_FUNCTIONS, PART_FUNCTIONS
 from cnntool.inference.warmup import warm_batch
-warm_batch(Network.from_spec(json.loads(sys.stdin.read())), 2, (*CHILD_FUNCTIONS, *PART_FUNCTIONS))
+net = Network.from_spec(json.loads(sys.stdin.read()))
+warm_batch(net, 2, net.plan.child_functions())
 """
 
 
 def compile_in_child(net: Any) -> None:
-    """Compile what training and its predictions run of the network's plan (CHILD_FUNCTIONS
-    and PART_FUNCTIONS) into numba's cache in a child process, unless it is there already. A
+    """Compile what training and its predictions run of the network's plan
+    (Plan.child_functions) into numba's cache in a child process, unless it is there already. A
     network the child cannot rebuild from its spec (layer types given to this process
     alone) compiles in this process instead, when it is first used."""
-    if net.plan is None or is_cached(net.plan.module):
+    if net.plan is None or is_cached(net.plan.module, net.plan.child_functions()):
         return
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(

@@ -312,34 +312,42 @@ def winograd_part(
     )  # fmt: skip
 
 
+# The min_images of a layer that never goes by Winograd (not 3x3 stride 1, or too small).
+NEVER = 1 << 40
+
+
 @njit(cache=True, fastmath=True, nogil=True)
-def conv2d_forward_3x3(
-    x, weight, bias, use_bias, relu, sh, sw, pad_top, pad_left, min_images, padded, columns, full, seen,
-    u, tiles_padded, v, m, out,
+def conv2d_forward(
+    x, weight, bias, use_bias, keep, relu, sh, sw, pad_top, pad_left, min_images, padded, columns, full,
+    seen, u, tiles_padded, v, m, out,
 ):  # fmt: skip
-    """A large 3x3 stride-1 convolution's forward pass: Winograd from `min_images` images
-    per call on, else the wide im2col product (see Conv2D.WINOGRAD_MIN_TILES)."""
+    """A convolution's forward pass (with `relu`, a following ReLU fused in): by Winograd
+    from `min_images` images per call on (a 3x3 stride-1 layer, see Conv2D.winograd), else
+    the wide im2col product (kernels/conv.py; `keep`: columns kept per image for backward).
+    One kernel for both, the choice a number: a network whose shapes tip it runs the same
+    compiled plan. A layer that never goes by Winograd passes min_images NEVER and empty
+    Winograd scratch."""
     if x.shape[0] >= min_images:
         conv2d_forward_winograd(
             x, weight, bias, use_bias, relu, False, pad_top, pad_left, seen, u, tiles_padded, v, m, out
         )  # fmt: skip
     else:
         conv2d_forward_wide(
-            x, weight, bias, use_bias, False, relu, sh, sw, pad_top, pad_left, padded, columns, full, out
+            x, weight, bias, use_bias, keep, relu, sh, sw, pad_top, pad_left, padded, columns, full, out
         )
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def conv2d_forward_3x3_part(
-    x, weight, bias, use_bias, relu, sh, sw, pad_top, pad_left, min_images, padded, columns, full, seen,
-    u, tiles_padded, v, m, out, part, parts,
+def conv2d_forward_part(
+    x, weight, bias, use_bias, keep, relu, sh, sw, pad_top, pad_left, min_images, padded, columns, full,
+    seen, u, tiles_padded, v, m, out, part, parts,
 ):  # fmt: skip
-    """Part `part` of `parts` of conv2d_forward_3x3 for one image: its share of the tile rows
-    by Winograd (each part transforms the weights for itself), or of the output rows by the
-    wide product when one image is too small for Winograd."""
+    """Part `part` of `parts` of conv2d_forward for one image: its share of the tile rows
+    (or output channels) by Winograd, each part transforming the weights for itself, or of
+    the output rows by the wide product when one image does not go by Winograd."""
     if min_images > 1:
         conv2d_forward_wide_part(
-            x, weight, bias, use_bias, False, relu, sh, sw, pad_top, pad_left, padded, columns, full, out,
+            x, weight, bias, use_bias, keep, relu, sh, sw, pad_top, pad_left, padded, columns, full, out,
             part, parts,
         )  # fmt: skip
         return
@@ -348,13 +356,13 @@ def conv2d_forward_3x3_part(
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def conv2d_relu_pool_3x3(
+def conv2d_relu_pool(
     x, weight, bias, use_bias, sh, sw, pad_top, pad_left, min_images, padded, columns, full, seen, u,
     tiles_padded, v, m, out,
 ):  # fmt: skip
-    """Inference of a large 3x3 stride-1 convolution, a ReLU and a 2x2 max-pool of stride 2
-    into the pooled `out`: by Winograd from `min_images` images per call on, each pooling
-    window being one output tile (transform_output_pool), else conv2d_relu_pool_wide."""
+    """Inference of a convolution, a ReLU and a 2x2 max-pool of stride 2 into the pooled
+    `out`: by Winograd from `min_images` images per call on, each pooling window being one
+    output tile (transform_output_pool), else conv2d_relu_pool_wide."""
     if x.shape[0] >= min_images:
         conv2d_forward_winograd(
             x, weight, bias, use_bias, True, True, pad_top, pad_left, seen, u, tiles_padded, v, m, out
@@ -366,12 +374,12 @@ def conv2d_relu_pool_3x3(
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def conv2d_relu_pool_3x3_part(
+def conv2d_relu_pool_part(
     x, weight, bias, use_bias, sh, sw, pad_top, pad_left, min_images, padded, columns, full, seen, u,
     tiles_padded, v, m, out, part, parts,
 ):  # fmt: skip
-    """Part `part` of `parts` of conv2d_relu_pool_3x3 for one image: its share of the
-    pooled rows, which are tile rows by Winograd."""
+    """Part `part` of `parts` of conv2d_relu_pool for one image: its share of the pooled
+    rows, which are tile rows by Winograd."""
     if min_images > 1:
         conv2d_relu_pool_wide_part(
             x, weight, bias, use_bias, sh, sw, pad_top, pad_left, padded, columns, full, out, part, parts

@@ -101,6 +101,18 @@ class Ref(NamedTuple):
     step: int = 0
 
 
+class Either(NamedTuple):
+    """The array `yes` when `flag`, else `no`: the choice is made when the kernel is called
+    (in a compiled plan, by a flag among the plan's numbers), so that the plan's code is the
+    same either way and a network whose shapes tip the choice reuses compiled code
+    (Conv2D's kept or rebuilt columns). The two must be arrays of one kind: both with the
+    batch axis or both without, of one dtype and rank."""
+
+    flag: bool
+    yes: Ref
+    no: Ref
+
+
 class Sync:
     """A point in a layer's training calls where the pieces of a batch cut across threads
     meet, for statistics of the whole batch (batch normalisation): the calls before it leave
@@ -415,6 +427,8 @@ class Layer:
 
     def _run(self, calls: Sequence[Step], n: int, result: Any, x: Any, grad_out: np.ndarray | None) -> Any:
         def resolve(arg: Any) -> Any:
+            if isinstance(arg, Either):
+                return resolve(arg.yes if arg.flag else arg.no)
             if not isinstance(arg, Ref):
                 # A flag as 0 or 1, as the compiled plan passes it (cnntool.compile.plan): one
                 # compiled kernel serves both ways.

@@ -7,23 +7,19 @@ from typing import TYPE_CHECKING, Annotated, Literal, cast
 import numpy as np
 from pydantic import Field
 
-from cnntool.kernels.conv import (
-    conv2d_backward_wide,
-    conv2d_forward_wide,
-    conv2d_relu_pool_wide,
-    fold_batchnorm,
-)
+from cnntool.kernels.conv import conv2d_backward_wide, fold_batchnorm
 from cnntool.kernels.epilogue import (
     conv2d_epilogue_pool_wide,
     conv2d_forward_wide_epilogue,
     epilogue_backward,
 )
-from cnntool.kernels.winograd import conv2d_forward_3x3, conv2d_relu_pool_3x3, plane_shape
+from cnntool.kernels.winograd import NEVER, conv2d_forward, conv2d_relu_pool, plane_shape
 from cnntool.layers.base import (
     GRAD_OUT,
     INITIALIZERS,
     Array,
     Call,
+    Either,
     Layer,
     LayerConfig,
     Ref,
@@ -86,15 +82,19 @@ class Conv2D(Layer):
       image are kept from forward for backward; larger ones are rebuilt there.
     - 3x3 at stride 1 whose columns are not kept, with in x out channels at least
       WINOGRAD_MIN_PAIRS (WINOGRAD_INFERENCE_MIN_PAIRS for inference): forward by Winograd
-      F(2x2, 3x3) (conv2d_forward_3x3, 2.25x fewer multiplications; a single image only with
+      F(2x2, 3x3) (2.25x fewer multiplications; a single image only with
       WINOGRAD_MIN_TILES output tiles); backward by the wide path.
+    One kernel, conv2d_forward, runs the forward pass either way, the path a number it is
+    given (min_images) and the kept or rebuilt columns a flag (`columns`, an Either): the
+    compiled plan's code is the same whatever the shapes decide, so a network of new
+    shapes reuses it.
     In a compiled plan (cnntool.compile.plan), a ReLU reading only a convolution is applied
     by its kernels as they write the output, and masks the gradient in backward (`fuses`);
     for inference, a ReLU and a 2x2 stride-2 max-pool after it are one pass over the product
-    (conv2d_relu_pool_wide, `fuses_pool`; by Winograd, conv2d_relu_pool_3x3, the output
-    transform pools each 2x2 tile), and a batch norm before a ReLU is folded into the
-    weights (fold_batchnorm). One image of a large network is shared among the threads by
-    output rows (Winograd: tile rows), the `_part` kernels (cnntool.kernels.parts).
+    (conv2d_relu_pool, `fuses_pool`; by Winograd the output transform pools each 2x2 tile),
+    and a batch norm before a ReLU is folded into the weights (fold_batchnorm). One image of
+    a large network is shared among the threads by output rows (Winograd: tile rows, or
+    output channels for a small image), the `_part` kernels (cnntool.kernels.parts).
     """
 
     Config = Conv2DConfig
@@ -177,7 +177,7 @@ class Conv2D(Layer):
 
     def fuses_pool(self, activation: Layer, pool: Layer) -> bool:
         """For inference, a ReLU and a 2x2 max-pool of stride 2 after a convolution are one
-        pass over the product (conv2d_relu_pool_wide, or conv2d_relu_pool_3x3 for a layer
+        pass over the product (conv2d_relu_pool_wide, or conv2d_relu_pool for a layer
         going by Winograd). So are, for any stride, a
         batch norm and a ReLU after it (`activation` the batch norm, `pool` the ReLU): the
         batch norm's running statistics are folded into the weights (fold_batchnorm), and
@@ -223,8 +223,14 @@ class Conv2D(Layer):
 
     @property
     def winograd_min_images(self) -> int:
-        """Images per call from which the Winograd kernel uses Winograd (conv2d_forward_3x3)."""
+        """Images per call from which a layer going by Winograd uses it (conv2d_forward)."""
         return 1 if self.tiles[0] * self.tiles[1] >= self.WINOGRAD_MIN_TILES else 2
+
+    def min_images(self, training: bool) -> int:
+        """conv2d_forward's min_images for a training or an inference pass: from how many
+        images a call goes by Winograd, NEVER for the wide product always."""
+        winograd = self.winograd if training else self.winograd_inference
+        return self.winograd_min_images if winograd else NEVER
 
     @property
     def tiles(self) -> tuple[int, int]:
@@ -263,15 +269,15 @@ class Conv2D(Layer):
         return not self.stride_one or self.rows * self.span * 4 <= self.KEEP_COLUMNS_BYTES
 
     @property
-    def columns(self) -> Ref:
-        """The wide kernels' columns: a buffer kept for backward, or shared scratch."""
-        return buf("cols") if self.keep_columns else scratch("cols")
+    def columns(self) -> Either:
+        """The wide kernels' columns: a buffer kept for backward, or shared scratch (both are
+        declared, the other empty, and the plan picks one by a flag: its code is the same
+        for any shapes)."""
+        return Either(self.keep_columns, buf("cols"), scratch("cols"))
 
     def buffers(self) -> dict[str, Array]:
-        arrays = {"out": Array(self.output_shape), "grad_x": Array(self.input_shape)}
-        if self.keep_columns:
-            arrays["cols"] = Array((self.rows, self.span))
-        return arrays
+        kept = (self.rows, self.span) if self.keep_columns else (0, 0)
+        return {"out": Array(self.output_shape), "grad_x": Array(self.input_shape), "cols": Array(kept)}
 
     def scratch_arrays(self) -> dict[str, Array]:
         filters, oh, _ = self.output_shape
@@ -280,16 +286,16 @@ class Conv2D(Layer):
             "padded_grad": Array(self.padded_shape),
             "full": Array((filters, oh * self.padded_shape[2])),
         }
-        if not self.keep_columns:
-            arrays["cols"] = Array((1, self.rows, self.span))
-        if self.winograd_inference:
-            channels, filters = self.input_shape[0], self.config.filters
-            th, tw = self.tiles
-            arrays["wino_seen"] = Array((filters, channels, 3, 3))
-            arrays["wino_u"] = Array(plane_shape(filters, channels))
-            arrays["wino_padded"] = Array((channels, 2 * th + 2, 2 * tw + 2))
-            arrays["wino_v"] = Array(plane_shape(channels, th * tw))
-            arrays["wino_m"] = Array(plane_shape(filters, th * tw))
+        arrays["cols"] = Array((1, 0, 0) if self.keep_columns else (1, self.rows, self.span))
+        # Winograd's, empty for a layer that never goes by it (the same code either way)
+        used = self.winograd_inference
+        wc, wf = (self.input_shape[0], filters) if used else (0, 0)  # Winograd's channels, filters
+        th, tw = self.tiles if used else (-1, -1)
+        arrays["wino_seen"] = Array((wf, wc, 3, 3))
+        arrays["wino_u"] = Array(plane_shape(wf, wc))
+        arrays["wino_padded"] = Array((wc, 2 * th + 2, 2 * tw + 2))
+        arrays["wino_v"] = Array(plane_shape(wc, th * tw))
+        arrays["wino_m"] = Array(plane_shape(wf, th * tw))
         arrays["weight_t"] = Array((self.rows, filters))
         if not self.config.use_bias:
             arrays["no_bias"] = Array((filters,))
@@ -320,23 +326,18 @@ class Conv2D(Layer):
                      pre=buf("out"), out=relu_into)
             ]  # fmt: skip
         out = relu_into if relu_into is not None else buf("out")
-        relu = relu_into is not None
-        if self.winograd or (self.winograd_inference and not training):
-            return [self.winograd_call(self.common(), relu, out)]
-        columns = self.columns
-        return [
-            Call(conv2d_forward_wide, x=X, **self.common(), keep=self.keep_columns, relu=relu,
-                 padded=scratch("padded"), columns=columns, full=scratch("full"), out=out)
-        ]  # fmt: skip
+        return [self.forward_call(self.common(), training, relu_into is not None, out)]
 
-    def winograd_call(self, common: dict, relu: bool, out: Ref) -> Call:
-        """The Winograd forward kernel with the arguments `common` (see common())."""
-        return Call(conv2d_forward_3x3, x=X, **common, relu=relu, min_images=self.winograd_min_images,
-                    **self.winograd_scratch(), out=out)  # fmt: skip
+    def forward_call(self, common: dict, training: bool, relu: bool, out: Ref) -> Call:
+        """The forward kernel with the arguments `common` (see common()): Winograd or the
+        wide product, chosen by min_images (so the plan's code is the same for any shape)."""
+        return Call(conv2d_forward, x=X, **common, keep=self.keep_columns, relu=relu,
+                    min_images=self.min_images(training), **self.kernel_scratch(), out=out)  # fmt: skip
 
-    def winograd_scratch(self) -> dict:
-        """The scratch arguments of the Winograd kernels (their wide fallback's, then Winograd's)."""
-        return {"padded": scratch("padded"), "columns": scratch("cols"), "full": scratch("full"),
+    def kernel_scratch(self) -> dict:
+        """The arrays of conv2d_forward and conv2d_relu_pool besides the layer's input,
+        weights and output: the wide product's, then Winograd's."""
+        return {"padded": scratch("padded"), "columns": self.columns, "full": scratch("full"),
                 "seen": scratch("wino_seen"), "u": scratch("wino_u"), "tiles_padded": scratch("wino_padded"),
                 "v": scratch("wino_v"), "m": scratch("wino_m")}  # fmt: skip
 
@@ -354,14 +355,9 @@ class Conv2D(Layer):
                 Call(conv2d_epilogue_pool_wide, x=X, **self.common(), padded=scratch("padded"),
                      columns=columns, full=scratch("full"), **epilogue.arguments(), out=pooled)
             ]  # fmt: skip
-        if self.winograd_inference:
-            return [
-                Call(conv2d_relu_pool_3x3, x=X, **self.common(), min_images=self.winograd_min_images,
-                     **self.winograd_scratch(), out=pooled)
-            ]  # fmt: skip
         return [
-            Call(conv2d_relu_pool_wide, x=X, **self.common(), padded=scratch("padded"), columns=columns,
-                 full=scratch("full"), out=pooled)
+            Call(conv2d_relu_pool, x=X, **self.common(), min_images=self.min_images(False),
+                 **self.kernel_scratch(), out=pooled)
         ]  # fmt: skip
 
     def folded_calls(self, following: Layer, out: Ref, relu: bool = False) -> list[Call]:
@@ -377,12 +373,7 @@ class Conv2D(Layer):
                     folded_weight=scratch("folded_weight"), folded_bias=scratch("folded_bias"))  # fmt: skip
         common = {**self.common(), "weight": scratch("folded_weight"), "bias": scratch("folded_bias"),
                   "use_bias": True}  # fmt: skip
-        if self.winograd_inference:
-            return [fold, self.winograd_call(common, relu, out)]
-        columns = self.columns
-        forward = Call(conv2d_forward_wide, x=X, **common, keep=self.keep_columns, relu=relu,
-                       padded=scratch("padded"), columns=columns, full=scratch("full"), out=out)  # fmt: skip
-        return [fold, forward]
+        return [fold, self.forward_call(common, False, relu, out)]
 
     def backward_calls(
         self, need_grad_x: bool, relu_output: Ref | None = None, epilogue: Epilogue | None = None

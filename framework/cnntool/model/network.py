@@ -312,12 +312,7 @@ class Network:
                 except Exception as exc:
                     raise compiled_failed(self, task, exc) from exc
 
-            if (
-                task == "predict"
-                and n == 1
-                and ensure_threads() > 1
-                and hasattr(plan.module, "predict_parts")
-            ):
+            if task == "predict" and n == 1 and ensure_threads() > 1 and plan.uses_parts:
                 return self._parts_runner(plan, whole)
             return whole
         pieces = list(itertools.pairwise(bounds))
