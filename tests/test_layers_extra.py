@@ -455,7 +455,7 @@ def test_inference_folds_batchnorm_into_the_convolution_before_it(rng):
     one by one, with statistics and affine parameters far from their initial values."""
     fused, plain = pair_of_networks(FOLDED)
     source = fused.plan.source
-    predict = source[source.index("def predict") : source.index("def forward")]
+    predict = source[source.index("def predict(") : source.index("def predict_parts(")]
     assert predict.count("(computed by an earlier layer's kernel)") == 6
     for net in (fused, plain):
         for layer in net.layers:

@@ -125,7 +125,7 @@ def test_the_convolution_applies_the_plugin_epilogue_and_agrees_with_layer_by_la
     # An increasing activation and a max-pool after it: inference is one pass, as for ReLU.
     pooled = spec({"type": "softsign", "scale": 0.75}, {"type": "maxpool2d", "pool_size": 2})
     source = cnntool.Network.from_spec(pooled, registry=registry).plan.source
-    predict = source[source.index("def predict") : source.index("def forward")]
+    predict = source[source.index("def predict(") : source.index("def predict_parts(")]
     assert "(computed by an earlier layer's kernel)" in predict and "conv2d_epilogue_pool_wide as" in source
     compare_paths(pooled, "softsign", 0, registry)
     # Against the formula too: the plan's logits equal dense(flatten(softsign(conv(x)))).
