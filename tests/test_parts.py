@@ -301,9 +301,11 @@ def test_the_parts_sleep_between_distant_images_wake_for_the_next_and_stop_with_
         set_threads(None)
 
 
-def test_a_second_thread_predicting_while_the_parts_run_computes_alone(monkeypatch, rng):
-    """Two threads calling predict_proba on one image each at once: one shares its image
-    among the parts, the other computes its own alone; both get the image's answer."""
+def test_two_threads_predicting_at_once_take_turns_with_the_parts(monkeypatch, rng):
+    """Two threads calling predict_proba on one image each at once: the parts share one
+    set of activations, so the second waits for the first's image; both get the image's
+    answer (computing the second alone beside the first, as before, mixed their activations:
+    wrong answers in 4 runs of 6)."""
     monkeypatch.setattr(codegen, "PARTS_MIN_FLOPS", 0)
     set_threads(2)
     try:

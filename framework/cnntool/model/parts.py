@@ -13,8 +13,9 @@ A part that sleeps is woken by the next image (that call pays the wake-up once).
 
 The threads stop when the runner is dropped (a workspace grew) or the process exits. The
 runner computes alone, on the calling thread, when called from one of cnntool's pool
-threads (the parts would queue behind it), from a second thread while a first is inside
-it, or in a forked child (which has no part threads).
+threads (the parts would queue behind it) or in a forked child (which has no part threads).
+A second thread calling while a first is inside waits for it: both would use the same
+activations (worker 0's workspace), so they take turns rather than compute at once.
 """
 
 from __future__ import annotations
@@ -68,29 +69,30 @@ class SharedImage:
         if (
             threading.current_thread().name.startswith(POOL_PREFIX)
             or os.getpid() != self.pid  # a forked child has no part threads
-            or not self.busy.acquire(blocking=False)
         ):
             return self.alone(x, probs)
+        with self.busy:  # a second calling thread waits: the image buffers are shared
+            self.run(x, probs)
+
+    def run(self, x: np.ndarray, probs: np.ndarray) -> None:
+        """One image: post it to the awake parts, compute part 0 here, wait for the rest."""
+        use_blas_threads(1)
+        self.flags[0] = 0  # no part is at a barrier: one that gave up last time left its count
+        np.copyto(self.x, x)
+        post_image(self.control)
+        if any(self.asleep):
+            with self.wake:
+                self.wake.notify_all()
         try:
-            use_blas_threads(1)
-            self.flags[0] = 0  # no part is at a barrier: one that gave up last time left its count
-            np.copyto(self.x, x)
-            post_image(self.control)
-            if any(self.asleep):
-                with self.wake:
-                    self.wake.notify_all()
-            try:
-                finished = self.compiled(0, self.parts, self.flags, self.control, self.x, probs, *self.first)
-            except Exception as exc:
-                raise self.on_failure(exc) from exc
-            if not finished:
-                raise CnntoolError(
-                    f"the {self.parts} threads sharing one image did not all finish within "
-                    f"{MAX_WAIT:g} s (a thread failed, or the machine is overloaded); with one thread "
-                    "(--threads 1, CNNTOOL_THREADS=1 or cnntool.set_threads(1)) the image is computed alone"
-                )
-        finally:
-            self.busy.release()
+            finished = self.compiled(0, self.parts, self.flags, self.control, self.x, probs, *self.first)
+        except Exception as exc:
+            raise self.on_failure(exc) from exc
+        if not finished:
+            raise CnntoolError(
+                f"the {self.parts} threads sharing one image did not all finish within "
+                f"{MAX_WAIT:g} s (a thread failed, or the machine is overloaded); with one thread "
+                "(--threads 1, CNNTOOL_THREADS=1 or cnntool.set_threads(1)) the image is computed alone"
+            )
 
 
 def serve(
