@@ -9,7 +9,7 @@ import numpy as np
 
 from cnntool.layers.base import Layer
 from cnntool.testing.fixtures import input_names, inputs_of, per_input
-from cnntool.testing.kit import check_written
+from cnntool.testing.kit import UnwrittenOutputError, check_written
 
 
 def check_gradients(
@@ -133,7 +133,7 @@ def check_shapes(layer: Layer, *, batch: int = 2, seed: int = 0) -> None:
                     f"grads[{key!r}] has shape {list(grad.shape)}, "
                     f"its parameter {list(layer.params[key].shape)}"
                 )
-    if not problems:
-        problems += check_written(layer, xs)
+    if not problems and (unwritten := check_written(layer, xs)):
+        raise UnwrittenOutputError(f"{layer.name}: " + "; ".join(unwritten))
     if problems:
         raise AssertionError(f"{layer.name}: " + "; ".join(problems))

@@ -41,6 +41,10 @@ class KernelIndexError(AssertionError):
     """A bounds-checked kernel indexed outside one of its arrays."""
 
 
+class UnwrittenOutputError(AssertionError):
+    """A layer's kernels left part of its declared output unwritten (check_written)."""
+
+
 # --- bounds-checked kernels ------------------------------------------------------------------
 
 _checked: dict[Any, Any] = {}
