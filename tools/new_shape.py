@@ -3,8 +3,8 @@
     python tools/new_shape.py models/mnist_cnn.json 2.filters=8 0.filters=16
 
 Each measurement is a fresh process that builds the network and runs what the first epoch
-of training runs once (a train_step at batch 64, an evaluate at batch 64, a predict of one
-image). First the spec as given, twice (the second run finds everything cached: its time is
+of training and inference run once (a train_step and an evaluate at batch 64, a predict of one
+image and of 64). First the spec as given, twice (the second run finds everything cached: its time is
 the floor), then each change alone (`LAYER.FIELD=VALUE`, the layer by index), every one a
 shape no earlier run compiled. Printed: seconds per run and the extra over the floor.
 Uses the caches of CNNTOOL_CACHE_DIR and NUMBA_CACHE_DIR as set.
@@ -31,6 +31,7 @@ labels = rng.integers(0, net.output_shape[0], 64).astype(np.int64)
 net.train_step(x, labels)
 net.evaluate_batch(x, labels, np.empty(64, np.int64))
 net.predict_proba(x[:1])
+net.predict_proba(x)
 print(time.perf_counter() - start)
 """
 
