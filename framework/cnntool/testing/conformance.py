@@ -225,36 +225,32 @@ def check_layer(
         "bundle": lambda: check_bundle_round_trip(config, input_shape, seed=seed, registry=registry),
     }
     results = []
-    out_of_bounds = None  # the first check whose kernel indexed outside its arrays
-    unwritten = None  # the check that found part of the output unwritten
+    # Checks a finding makes pointless or unsafe, each with why it is not run. After a kernel
+    # indexed outside its arrays: compiled and bundle, which run the kernels unchecked and
+    # would write over memory. After an unwritten output: gradients, whose finite differences
+    # of the unwritten elements pass or fail by what the buffer held.
+    not_run: dict[str, str] = {}
     for check in (check for check in CHECKS if check in checks):
         if on_check is not None:
             on_check(check)
         where = f"check {check!r} of layer type {name!r} from {provider}: "
-        if out_of_bounds is not None and check in ("compiled", "bundle"):
-            # These run the kernels unchecked (compiled): they would write over memory.
-            message = f"not run: a kernel indexed outside its arrays in check {out_of_bounds!r}"
+        if check in not_run:
             results.append(
-                CheckResult(name, check, False, where + message, config, tuple(input_shape), provider)
-            )
-            continue
-        if unwritten is not None and check == "gradients":
-            # The unwritten elements hold whatever the buffer held: finite differences of
-            # them pass or fail by chance (NaN in one process, stale numbers in the next).
-            message = f"not run: forward leaves part of its output unwritten (check {unwritten!r})"
-            results.append(
-                CheckResult(name, check, False, where + message, config, tuple(input_shape), provider)
+                CheckResult(name, check, False, where + not_run[check], config, tuple(input_shape), provider)
             )
             continue
         try:
             note = steps[check]()
         except UnwrittenOutputError as exc:
-            unwritten = check
+            not_run.setdefault(
+                "gradients", f"not run: forward leaves part of its output unwritten (check {check!r})"
+            )
             results.append(
                 CheckResult(name, check, False, where + str(exc), config, tuple(input_shape), provider)
             )
         except KernelIndexError as exc:
-            out_of_bounds = out_of_bounds or check
+            for later in ("compiled", "bundle"):
+                not_run.setdefault(later, f"not run: a kernel indexed outside its arrays in check {check!r}")
             results.append(
                 CheckResult(name, check, False, where + str(exc), config, tuple(input_shape), provider)
             )
