@@ -5,6 +5,7 @@ import pytest
 
 import cnntool
 import reference
+from cnntool.layers import buf
 from cnntool.testing import make_layer
 
 F32 = {"rtol": 1e-4, "atol": 1e-4}
@@ -65,6 +66,40 @@ def test_winograd_batch_agrees_with_the_single_image_product(rng, padding):
     np.testing.assert_allclose(batch, singles, rtol=1e-5, atol=2e-5)
     expected = reference.conv2d(x, layer.params["weight"], layer.params["bias"], (1, 1), conv_pads(layer))
     np.testing.assert_allclose(batch, expected, **F32)
+
+
+@pytest.mark.parametrize("padding, size", [(1, (14, 14)), (0, (13, 16)), ("same", (11, 9)), (2, (9, 9))])
+def test_winograd_backward_with_a_fused_relu_matches_the_reference(rng, padding, size):
+    """A layer whose training forward goes by Winograd computes its backward by Winograd
+    too (conv2d_backward_winograd), here with a fused ReLU's mask (the plan's path; the
+    layer alone runs it without): the weight gradient in the transformed space, the input
+    gradient as the convolution of the masked gradient with the flipped kernels."""
+    config = {"type": "conv2d", "filters": 32, "kernel_size": 3, "padding": padding}
+    layer = make_layer(config, (16, *size))
+    assert layer.winograd_backward and layer.WINOGRAD_BACKWARD_MIN_IMAGES <= 3
+    layer.params["bias"][:] = rng.standard_normal(32)
+    x = rng.standard_normal((3, 16, *size)).astype(np.float32)
+    out = layer.forward(x, training=True).copy()
+    grad_out = rng.standard_normal(out.shape).astype(np.float32)
+    calls = layer.backward_calls(True, relu_output=buf("out"))  # the mask: where out > 0
+    grad_x = layer._run(calls, 3, layer.backward_result, x, grad_out)
+    masked = np.where(out > 0, grad_out, 0.0)
+    dx, dw, db = reference.conv2d_backward(x, layer.params["weight"], masked, (1, 1), conv_pads(layer))
+    np.testing.assert_allclose(grad_x, dx, **F32)
+    np.testing.assert_allclose(layer.grads["weight"], dw, rtol=1e-4, atol=3e-4)
+    np.testing.assert_allclose(layer.grads["bias"], db, rtol=1e-4, atol=3e-4)
+
+
+def test_a_convolution_padded_past_2_keeps_the_wide_backward(rng):
+    """The input gradient's convolution is padded by 2 - pad: a layer padded by 3 (legal,
+    if odd) goes by the wide product in backward while its forward goes by Winograd."""
+    layer = make_layer({"type": "conv2d", "filters": 32, "kernel_size": 3, "padding": 3}, (16, 12, 12))
+    assert layer.winograd and not layer.winograd_backward
+    x = rng.standard_normal((2, 16, 12, 12)).astype(np.float32)
+    grad_out = rng.standard_normal(layer.forward(x, training=True).shape).astype(np.float32)
+    dx, dw, _ = reference.conv2d_backward(x, layer.params["weight"], grad_out, (1, 1), conv_pads(layer))
+    np.testing.assert_allclose(layer.backward(grad_out), dx, **F32)
+    np.testing.assert_allclose(layer.grads["weight"], dw, rtol=1e-4, atol=3e-4)
 
 
 def test_winograd_transforms_weights_again_exactly_when_they_change(rng):

@@ -291,3 +291,19 @@ def test_kernel_calls_are_checked_against_the_kernel_signature():
     assert kernel is relu_forward and args == (X, buf("out"))  # in the kernel's order
     with pytest.raises(TypeError, match=r"kernel relu_forward\(x, out\): missing out; unknown output"):
         Call(relu_forward, x=X, output=buf("out"))
+
+
+def test_a_kernel_of_more_arguments_than_a_plan_can_pass_is_refused_when_declared():
+    """A call of 31 arguments compiles in Python into a form numba cannot read; the layer
+    declaring it hears so, not the plan compiler minutes later."""
+    from cnntool.layers import Call, X
+
+    names = [f"a{k}" for k in range(31)]
+    namespace: dict = {}
+    exec(f"def wide({', '.join(names)}): pass", namespace)
+    expected = r"^kernel wide takes 31 parameters; a compiled plan can pass at most 30 "
+    with pytest.raises(TypeError, match=expected):
+        Call(namespace["wide"], **dict.fromkeys(names, X))
+    names.pop()
+    exec(f"def thirty({', '.join(names)}): pass", namespace)
+    assert len(Call(namespace["thirty"], **dict.fromkeys(names, X)).args) == 30

@@ -23,9 +23,12 @@ Measured on one core for models/mnist_cnn.json's second convolution (32 -> 64 ch
 A single image goes by Winograd too: the wide product would hand BLAS one product large
 enough for it to spread over the threads, and on 2 busy cores that costs more than it
 gains (ResNet 16 -> 16 channels at 28x28, one image, 2 BLAS threads: 112 µs wide against
-103 µs Winograd), while the 16 small products of Winograd stay on one thread. The
-backward pass stays with the wide im2col: the same transforms for the input gradient
-(64 channels of 13x13 tiles) cost as much as they save.
+103 µs Winograd), while the 16 small products of Winograd stay on one thread.
+
+The backward pass of a layer whose training forward goes by Winograd does too
+(conv2d_backward_winograd): the weight gradient as dU[k] = dM[k] @ V[k]^T in the
+transformed space, dW = G^T dU G, and the input gradient as the convolution it is at
+stride 1, of the output gradient with the kernels flipped and their channels swapped.
 
 The transformed weights U stay in their scratch between calls, with the weights they were
 made from (`seen`): repeated inference compares the weights (a vectorised pass, 8 µs for
@@ -51,8 +54,9 @@ each other, which made the transforms 5-7x slower.
 import numpy as np
 from numba import njit
 
-from cnntool.kernels.blas import NO, gemm
+from cnntool.kernels.blas import NO, YES, gemm
 from cnntool.kernels.conv import (
+    conv2d_backward_wide,
     conv2d_forward_wide,
     conv2d_forward_wide_part,
     conv2d_relu_pool_wide,
@@ -255,13 +259,9 @@ def conv2d_forward_winograd(
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def winograd_image(
-    image, u, bias, use_bias, relu, pool, pad_top, pad_left, padded, v, m, first, last, o0, o1, out
-):  # fmt: skip
-    """Tile rows [first, last) of output channels [o0, o1) of one image's convolution, their
-    weights transformed into u and the padding of `padded` zero: the image rows these tiles
-    read copied into padded, then the three steps (the last one pooling with `pool`, see
-    transform_output_pool)."""
+def image_tiles(image, pad_top, pad_left, padded, first, last, v):
+    """v = the transformed input tiles of tile rows [first, last) of `image` (transform_input),
+    the image rows they read copied into `padded` first (its padding zero)."""
     channels, height, width = image.shape
     tiles_w = (padded.shape[2] - 2) // 2
     # tile row t reads padded rows 2t .. 2t + 3, padded row r holding image row r - pad_top
@@ -273,7 +273,19 @@ def winograd_image(
             for w in range(width):
                 target[w] = source[w]
     transform_input(padded, first, last - first, tiles_w, v)
-    tile_products(u, v, m, o0, o1, channels, (last - first) * tiles_w)
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def winograd_image(
+    image, u, bias, use_bias, relu, pool, pad_top, pad_left, padded, v, m, first, last, o0, o1, out
+):  # fmt: skip
+    """Tile rows [first, last) of output channels [o0, o1) of one image's convolution, their
+    weights transformed into u and the padding of `padded` zero: the image rows these tiles
+    read copied into padded, then the three steps (the last one pooling with `pool`, see
+    transform_output_pool)."""
+    tiles_w = (padded.shape[2] - 2) // 2
+    image_tiles(image, pad_top, pad_left, padded, first, last, v)
+    tile_products(u, v, m, o0, o1, image.shape[0], (last - first) * tiles_w)
     if pool:
         transform_output_pool(m, first, last - first, tiles_w, bias, use_bias, o0, o1, out)
     else:
@@ -387,3 +399,154 @@ def conv2d_relu_pool_part(
         return
     winograd_part(x, weight, bias, use_bias, True, True, pad_top, pad_left, seen, u, tiles_padded, v, m,
                   out.shape[2], out, part, parts)  # fmt: skip
+
+
+@njit(cache=True, fastmath=True, nogil=True, inline="always")
+def times_a(y0, y1):
+    """A (y0, y1) = (y0, y0 + y1, y0 - y1, -y1), A = (A^T)^T: a 2x2 block's gradient back
+    onto the 4x4 tile of M."""
+    return y0, y0 + y1, y0 - y1, -y1
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def transform_grad(grad, tiles_h, tiles_w, use_bias, grad_bias, dm):
+    """dm[k, o*T + t] = (A dY A^T)[k] for the 2x2 block dY of grad[o] at tile t (zero past an
+    odd-sized grad): the gradient of M, since Y = A^T M A. grad_bias[o] += the sum of grad[o]."""
+    height, width = grad.shape[1], grad.shape[2]
+    tiles = tiles_h * tiles_w
+    zero = np.float32(0.0)
+    for o in range(grad.shape[0]):
+        plane = grad[o]
+        total = zero
+        for ty in range(tiles_h):
+            y = 2 * ty
+            below = y + 1 < height
+            for tx in range(tiles_w):
+                x = 2 * tx
+                right = x + 1 < width
+                y00 = plane[y, x]
+                y01 = plane[y, x + 1] if right else zero
+                y10 = plane[y + 1, x] if below else zero
+                y11 = plane[y + 1, x + 1] if below and right else zero
+                total += y00 + y01 + y10 + y11
+                # A dY, one column at a time
+                p00, p10, p20, p30 = times_a(y00, y10)
+                p01, p11, p21, p31 = times_a(y01, y11)
+                # (A dY) A^T, one row at a time
+                t = o * tiles + ty * tiles_w + tx
+                dm[0, t], dm[1, t], dm[2, t], dm[3, t] = times_a(p00, p01)
+                dm[4, t], dm[5, t], dm[6, t], dm[7, t] = times_a(p10, p11)
+                dm[8, t], dm[9, t], dm[10, t], dm[11, t] = times_a(p20, p21)
+                dm[12, t], dm[13, t], dm[14, t], dm[15, t] = times_a(p30, p31)
+        if use_bias:
+            grad_bias[o] += total
+
+
+@njit(cache=True, fastmath=True, nogil=True, inline="always")
+def times_gt(u0, u1, u2, u3):
+    """G^T (u0, u1, u2, u3) = (u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3)."""
+    half = np.float32(0.5)
+    return u0 + half * (u1 + u2), half * (u1 - u2), half * (u1 + u2) + u3
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def untransform_weight_grad(du, grad_weight):
+    """grad_weight[o, c] = G^T dU G for the 4x4 dU = du[:, o*C + c]: the gradient of the 3x3
+    kernel g, since U = G g G^T."""
+    channels = grad_weight.shape[1]
+    taps = grad_weight.reshape((grad_weight.shape[0] * channels, 9))
+    for r in range(taps.shape[0]):
+        g = taps[r]
+        # G^T dU, one column at a time
+        q00, q10, q20 = times_gt(du[0, r], du[4, r], du[8, r], du[12, r])
+        q01, q11, q21 = times_gt(du[1, r], du[5, r], du[9, r], du[13, r])
+        q02, q12, q22 = times_gt(du[2, r], du[6, r], du[10, r], du[14, r])
+        q03, q13, q23 = times_gt(du[3, r], du[7, r], du[11, r], du[15, r])
+        # (G^T dU) G, one row at a time
+        g[0], g[1], g[2] = times_gt(q00, q01, q02, q03)
+        g[3], g[4], g[5] = times_gt(q10, q11, q12, q13)
+        g[6], g[7], g[8] = times_gt(q20, q21, q22, q23)
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def conv2d_backward_winograd(
+    grad_out, x, weight, use_bias, need_grad_x, relu, activated, pad_top, pad_left, tiles_padded, v, m, du,
+    grad_weight, grad_bias, dx_weights, dx_u, dx_padded, masked, grad_x,
+):  # fmt: skip
+    """The backward pass of a 3x3 stride-1 convolution by Winograd, image by image; with
+    `relu`, grad_out is the gradient after a fused ReLU whose output was `activated`, masked
+    into `masked` (O, OH, OW) first.
+
+    - Weights: M[k] = U[k] @ V[k] gives dU[k] = dM[k] @ V[k]^T, summed over the images into
+      du (plane_shape(O, C)), with dM the output gradient's tiles (transform_grad, into m)
+      and V the input's (image_tiles, into v by way of tiles_padded: the forward pass's
+      Winograd scratch); then dW = G^T dU G (untransform_weight_grad).
+    - Input (need_grad_x): the transposed convolution, which at stride 1 is the convolution
+      of the output gradient with flipped[c, o, i, j] = weight[o, c, 2 - i, 2 - j], padded by
+      2 - pad on each side (at most 2 each), by Winograd (winograd_image): dx_weights[0]
+      the flipped kernels, dx_weights[1] (C, O, 3, 3) and dx_u plane_shape(C, O) their
+      `seen` and transform, dx_padded (O, 2*TH + 2, 2*TW + 2) for the input's tiles, and v
+      and m, free once an image's weight gradient is summed, for its V and M (planes of
+      at least O*TH*TW and C*TH*TW)."""
+    n_images, filters, channels = grad_out.shape[0], weight.shape[0], weight.shape[1]
+    tiles_h, tiles_w = (grad_out.shape[2] + 1) // 2, (grad_out.shape[3] + 1) // 2
+    tiles = tiles_h * tiles_w
+    if use_bias:
+        grad_bias[:] = 0.0
+    if n_images == 0:
+        grad_weight[:] = 0.0
+        return
+    flipped = dx_weights[0]
+    if need_grad_x:
+        for c in range(channels):
+            for o in range(filters):
+                for i in range(3):
+                    for j in range(3):
+                        flipped[c, o, i, j] = weight[o, c, 2 - i, 2 - j]
+        transform_weights(flipped, dx_weights[1], dx_u, 0, channels)
+        dx_padded[:] = 0.0
+    dx_tiles_h = (grad_x.shape[2] + 1) // 2
+    no_bias = grad_weight.reshape(grad_weight.size)  # not read: use_bias False
+    zero = np.float32(0.0)
+    tiles_padded[:] = 0.0
+    for n in range(n_images):
+        if relu:
+            size = masked.size
+            source, mask, flat = grad_out[n].reshape(size), activated[n].reshape(size), masked.reshape(size)
+            for i in range(size):
+                flat[i] = source[i] if mask[i] > zero else zero
+            grad = masked
+        else:
+            grad = grad_out[n]
+        transform_grad(grad, tiles_h, tiles_w, use_bias, grad_bias, m)
+        image_tiles(x[n], pad_top, pad_left, tiles_padded, 0, tiles_h, v)
+        beta = 0.0 if n == 0 else 1.0
+        for k in range(16):
+            gemm(NO, YES, filters, channels, tiles, 1.0, m[k], tiles, v[k], tiles, beta, du[k], channels)
+        if need_grad_x:
+            winograd_image(grad, dx_u, no_bias, False, False, False, 2 - pad_top, 2 - pad_left, dx_padded,
+                           v, m, 0, dx_tiles_h, 0, channels, grad_x[n])  # fmt: skip
+    untransform_weight_grad(du, grad_weight)
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def conv2d_backward(
+    grad_out, x, weight, use_bias, keep, need_grad_x, relu, activated, sh, sw, pad_top, pad_left, padded,
+    padded_grad, columns, full, weight_t, grad_weight, grad_bias, grad_x, min_images, tiles_padded, v, m, du,
+    dx_weights, dx_u, dx_padded, masked,
+):  # fmt: skip
+    """A convolution's backward pass: by Winograd from `min_images` images per call on
+    (conv2d_backward_winograd, for a 3x3 stride-1 layer padded by at most 2), else the wide
+    im2col product (conv2d_backward_wide). A layer that never goes by Winograd passes NEVER
+    and empty Winograd scratch. (30 arguments, the most a call in a compiled plan can have:
+    Python compiles a call of more into one numba cannot read.)"""
+    if grad_out.shape[0] >= min_images:
+        conv2d_backward_winograd(
+            grad_out, x, weight, use_bias, need_grad_x, relu, activated, pad_top, pad_left, tiles_padded,
+            v, m, du, grad_weight, grad_bias, dx_weights, dx_u, dx_padded, masked, grad_x,
+        )  # fmt: skip
+    else:
+        conv2d_backward_wide(
+            grad_out, x, weight, use_bias, keep, need_grad_x, relu, activated, sh, sw, pad_top, pad_left,
+            padded, padded_grad, columns, full, weight_t, grad_weight, grad_bias, grad_x,
+        )  # fmt: skip

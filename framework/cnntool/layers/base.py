@@ -141,6 +141,11 @@ class Array(NamedTuple):
     dtype: Any = np.float32
 
 
+# CPython compiles a call of more positional arguments than this into CALL_FUNCTION_EX,
+# which numba's bytecode reader rejects ("CALL_FUNCTION_EX with **kwargs not supported").
+MAX_KERNEL_ARGUMENTS = 30
+
+
 class Call:
     """One kernel call of a layer, its arguments given by the kernel's parameter names:
 
@@ -165,6 +170,12 @@ class Call:
             raise TypeError(
                 f"a call of kernel {getattr(kernel, '__name__', kernel)}({', '.join(names)}): "
                 + "; ".join(p for p in problems if p)
+            )
+        if len(names) > MAX_KERNEL_ARGUMENTS:
+            raise TypeError(
+                f"kernel {getattr(kernel, '__name__', kernel)} takes {len(names)} parameters; a compiled "
+                f"plan can pass at most {MAX_KERNEL_ARGUMENTS} (Python compiles a longer call into a form "
+                "numba cannot compile): pass arrays of one shape stacked into one"
             )
         self.kernel = kernel
         self.args = tuple(arguments[name] for name in names)

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Annotated, Literal, cast
 import numpy as np
 from pydantic import Field
 
-from cnntool.kernels.conv import conv2d_backward_wide, fold_batchnorm
+from cnntool.kernels.conv import fold_batchnorm
 from cnntool.kernels.epilogue import (
     conv2d_epilogue_pool_wide,
     conv2d_forward_wide_epilogue,
     epilogue_backward,
 )
-from cnntool.kernels.winograd import NEVER, conv2d_forward, conv2d_relu_pool, plane_shape
+from cnntool.kernels.winograd import NEVER, conv2d_backward, conv2d_forward, conv2d_relu_pool, plane_shape
 from cnntool.layers.base import (
     GRAD_OUT,
     INITIALIZERS,
@@ -83,7 +83,11 @@ class Conv2D(Layer):
     - 3x3 at stride 1 whose columns are not kept, with in x out channels at least
       WINOGRAD_MIN_PAIRS (WINOGRAD_INFERENCE_MIN_PAIRS for inference): forward by Winograd
       F(2x2, 3x3) (2.25x fewer multiplications; a single image only with
-      WINOGRAD_MIN_TILES output tiles); backward by the wide path.
+      WINOGRAD_MIN_TILES output tiles); its backward too, from two images a call on and
+      when padded by at most 2 on each side (conv2d_backward_winograd): dW from dU[k] = dM[k] @ V[k]^T in the
+      transformed space, dx as the convolution of dL/dy with the kernels flipped and
+      their channels swapped, padded by 2 - pad (the transposed convolution at stride 1).
+      Other layers' backward goes by the wide path.
     One kernel, conv2d_forward, runs the forward pass either way, the path a number it is
     given (min_images) and the kept or rebuilt columns a flag (`columns`, an Either): the
     compiled plan's code is the same whatever the shapes decide, so a network of new
@@ -166,6 +170,13 @@ class Conv2D(Layer):
     # 133 µs for the wide product on AVX2 (67 against 110 µs on AVX-512); 5x5 (9 tiles) is
     # even on AVX2 (36 against 37 µs, 64 channels) and 4x4 loses there (132 against 110 µs).
     WINOGRAD_MIN_TILES = 16
+    # A layer whose training forward goes by Winograd computes its backward by Winograd from
+    # this many images a call on (winograd_backward). Steps of `mnist_cnn` in one process,
+    # the same plan alternating the two ways, min (median) of many (2-core AVX2): 32 images
+    # on one thread 69.8 (110.7) ms against 97.8 (133.0) wide, the ResNet's 150.4 (182.9)
+    # against 178.7 (226.2); one image on two threads, where the wide product is one BLAS
+    # call shared by both, 2.9-3.7 (3.9-4.4) ms against 2.8-3.2 (3.8-4.3).
+    WINOGRAD_BACKWARD_MIN_IMAGES = 2
 
     def fuses(self, activation: Layer) -> bool:
         """A ReLU after a convolution is applied by the wide kernels as they write the
@@ -233,6 +244,19 @@ class Conv2D(Layer):
         return self.winograd_min_images if winograd else NEVER
 
     @property
+    def winograd_backward(self) -> bool:
+        """Whether the backward pass goes by Winograd (in calls of at least
+        WINOGRAD_BACKWARD_MIN_IMAGES images): a layer whose training forward does, padded by
+        at most 2 on each side (the input gradient's convolution is padded by 2 - pad)."""
+        return self.winograd and max(self.padding(self.input_shape)) <= 2
+
+    @property
+    def input_tiles(self) -> tuple[int, int]:
+        """The 2x2 tiles down and across of the input gradient's Winograd."""
+        _, height, width = self.input_shape
+        return (height + 1) // 2, (width + 1) // 2
+
+    @property
     def tiles(self) -> tuple[int, int]:
         """Winograd's 2x2 output tiles down and across."""
         _, oh, ow = self.output_shape
@@ -291,11 +315,20 @@ class Conv2D(Layer):
         used = self.winograd_inference
         wc, wf = (self.input_shape[0], filters) if used else (0, 0)  # Winograd's channels, filters
         th, tw = self.tiles if used else (-1, -1)
+        # The backward pass's (conv2d_backward_winograd), empty when it goes wide; its input
+        # gradient's V and M are the forward's v and m, made large enough for both
+        dc, df = (self.input_shape[0], filters) if self.winograd_backward else (0, 0)
+        dh, dw = self.input_tiles if self.winograd_backward else (-1, -1)
         arrays["wino_seen"] = Array((wf, wc, 3, 3))
         arrays["wino_u"] = Array(plane_shape(wf, wc))
         arrays["wino_padded"] = Array((wc, 2 * th + 2, 2 * tw + 2))
-        arrays["wino_v"] = Array(plane_shape(wc, th * tw))
-        arrays["wino_m"] = Array(plane_shape(wf, th * tw))
+        arrays["wino_v"] = Array(plane_shape(1, max(wc * th * tw, df * dh * dw)))
+        arrays["wino_m"] = Array(plane_shape(1, max(wf * th * tw, dc * dh * dw)))
+        arrays["dw_u"] = Array(plane_shape(df, dc))
+        arrays["dx_weights"] = Array((2, dc, df, 3, 3))  # the flipped kernels, and their `seen`
+        arrays["dx_u"] = Array(plane_shape(dc, df))
+        arrays["dx_padded"] = Array((df, 2 * dh + 2, 2 * dw + 2))
+        arrays["dx_masked"] = Array(self.output_shape if self.winograd_backward else (0, 0, 0))
         arrays["weight_t"] = Array((self.rows, filters))
         if not self.config.use_bias:
             arrays["no_bias"] = Array((filters,))
@@ -393,11 +426,16 @@ class Conv2D(Layer):
         activated = relu_output if relu_output is not None else buf("out")
         return [
             *first,
-            Call(conv2d_backward_wide, grad_out=incoming, x=X, **common, keep=self.keep_columns,
+            Call(conv2d_backward, grad_out=incoming, x=X, **common, keep=self.keep_columns,
                  need_grad_x=need_grad_x, relu=relu_output is not None and epilogue is None,
                  activated=activated, padded=scratch("padded"), padded_grad=scratch("padded_grad"),
                  columns=columns, full=scratch("full"), weight_t=scratch("weight_t"),
-                 grad_weight=grad("weight"), grad_bias=grad_bias, grad_x=buf("grad_x"))
+                 grad_weight=grad("weight"), grad_bias=grad_bias, grad_x=buf("grad_x"),
+                 min_images=self.WINOGRAD_BACKWARD_MIN_IMAGES if self.winograd_backward else NEVER,
+                 tiles_padded=scratch("wino_padded"), v=scratch("wino_v"), m=scratch("wino_m"),
+                 du=scratch("dw_u"), dx_weights=scratch("dx_weights"), dx_u=scratch("dx_u"),
+                 dx_padded=scratch("dx_padded"),
+                 masked=scratch("dx_masked"))
         ]  # fmt: skip
 
     def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:
