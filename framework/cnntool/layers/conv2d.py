@@ -84,10 +84,10 @@ class Conv2D(Layer):
       WINOGRAD_MIN_PAIRS (WINOGRAD_INFERENCE_MIN_PAIRS for inference): forward by Winograd
       F(2x2, 3x3) (2.25x fewer multiplications; a single image only with
       WINOGRAD_MIN_TILES output tiles); its backward too, from two images a call on and
-      when padded by at most 2 on each side (conv2d_backward_winograd): dW from dU[k] = dM[k] @ V[k]^T in the
-      transformed space, dx as the convolution of dL/dy with the kernels flipped and
-      their channels swapped, padded by 2 - pad (the transposed convolution at stride 1).
-      Other layers' backward goes by the wide path.
+      when padded by at most 2 on each side (conv2d_backward_winograd): dW from
+      dU[k] = dM[k] @ V[k]^T in the transformed space, dx as the convolution of dL/dy
+      with the kernels flipped and their channels swapped, padded by 2 - pad (the
+      transposed convolution at stride 1). Other layers' backward goes by the wide path.
     One kernel, conv2d_forward, runs the forward pass either way, the path a number it is
     given (min_images) and the kept or rebuilt columns a flag (`columns`, an Either): the
     compiled plan's code is the same whatever the shapes decide, so a network of new
@@ -434,8 +434,7 @@ class Conv2D(Layer):
                  min_images=self.WINOGRAD_BACKWARD_MIN_IMAGES if self.winograd_backward else NEVER,
                  tiles_padded=scratch("wino_padded"), v=scratch("wino_v"), m=scratch("wino_m"),
                  du=scratch("dw_u"), dx_weights=scratch("dx_weights"), dx_u=scratch("dx_u"),
-                 dx_padded=scratch("dx_padded"),
-                 masked=scratch("dx_masked"))
+                 dx_padded=scratch("dx_padded"), masked=scratch("dx_masked"))
         ]  # fmt: skip
 
     def onnx_nodes(self, onnx: OnnxBuilder, inputs: list[str]) -> str:

@@ -230,14 +230,17 @@ def check_layer(
     # would write over memory. After an unwritten output: gradients, whose finite differences
     # of the unwritten elements pass or fail by what the buffer held.
     not_run: dict[str, str] = {}
+    shape = tuple(input_shape)
     for check in (check for check in CHECKS if check in checks):
         if on_check is not None:
             on_check(check)
         where = f"check {check!r} of layer type {name!r} from {provider}: "
+
+        def failed(message: str, check: str = check, where: str = where) -> None:
+            results.append(CheckResult(name, check, False, where + message, config, shape, provider))
+
         if check in not_run:
-            results.append(
-                CheckResult(name, check, False, where + not_run[check], config, tuple(input_shape), provider)
-            )
+            failed(not_run[check])
             continue
         try:
             note = steps[check]()
@@ -245,28 +248,19 @@ def check_layer(
             not_run.setdefault(
                 "gradients", f"not run: forward leaves part of its output unwritten (check {check!r})"
             )
-            results.append(
-                CheckResult(name, check, False, where + str(exc), config, tuple(input_shape), provider)
-            )
+            failed(str(exc))
         except KernelIndexError as exc:
             for later in ("compiled", "bundle"):
                 not_run.setdefault(later, f"not run: a kernel indexed outside its arrays in check {check!r}")
-            results.append(
-                CheckResult(name, check, False, where + str(exc), config, tuple(input_shape), provider)
-            )
+            failed(str(exc))
         except (AssertionError, CnntoolError) as exc:
-            results.append(
-                CheckResult(name, check, False, where + str(exc), config, tuple(input_shape), provider)
-            )
+            failed(str(exc))
         except Exception as exc:
             frame = traceback.extract_tb(exc.__traceback__)[-1]
-            message = f"{type(exc).__name__}: {exc} (at {Path(frame.filename).name}:{frame.lineno})"
-            results.append(
-                CheckResult(name, check, False, where + message, config, tuple(input_shape), provider)
-            )
+            failed(f"{type(exc).__name__}: {exc} (at {Path(frame.filename).name}:{frame.lineno})")
         else:
             message = note if isinstance(note, str) and note.startswith("skipped") else ""
-            results.append(CheckResult(name, check, True, message, config, tuple(input_shape), provider))
+            results.append(CheckResult(name, check, True, message, config, shape, provider))
     return results
 
 
